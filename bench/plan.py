@@ -1,0 +1,133 @@
+"""The run matrix: attributes x workloads x parameter values x sizes, as named cases."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from bench import kernels, memtypes
+from bench.errors import UserError
+from bench.kernels import Args, Kernel
+from bench.units import format_size, parse_size
+
+BYTE_PARAMS = ("width", "burst", "stride")  # rendered with a B suffix in case names
+SEED = 0x5EED
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark: a workload with fixed parameters on one attribute."""
+
+    kernel: Kernel
+    params: tuple[tuple[str, str], ...]
+    size: int
+    attr: str
+
+    @property
+    def label(self) -> str:
+        """'read-bw[64B,64MiB]': the workload part of the name."""
+        parts = [f"{v}B" if k in BYTE_PARAMS else v for k, v in self.params]
+        if self.kernel.sized:
+            parts.append(format_size(self.size))
+        return f"{self.kernel.name}[{','.join(parts)}]"
+
+    @property
+    def name(self) -> str:
+        """The pyperf benchmark name: '<workload>[<params>]@<attr>'."""
+        return f"{self.label}@{self.attr}"
+
+    @property
+    def units_per_loop(self) -> int:
+        """Bytes (bandwidth) or accesses (latency, rate) that one kernel loop accounts for."""
+        if self.kernel.per_loop == kernels.PER_SIZE:
+            return self.size
+        if self.kernel.per_loop == kernels.PER_BURST:
+            return int(dict(self.params)["burst"])
+        return 1
+
+    def args(self, buf: int = 0, ram: int = 0) -> Args:
+        """The C argument block for this case."""
+        p = dict(self.params)
+        mode = self.kernel.param("mode")
+        return Args(
+            buf=buf or None, ram=ram or None, size=self.size,
+            width=int(p.get("width", kernels.widest_width())), burst=int(p.get("burst", 0)),
+            mode=mode.values.index(p["mode"]) if mode else 0, stride=int(p.get("stride", 0)),
+            seed=SEED,
+        )
+
+
+def parse_params(items: list[str]) -> dict[str, list[str]]:
+    """['mode=plain,nt', 'width=8'] -> {'mode': ['plain', 'nt'], 'width': ['8']}."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, vals = item.partition("=")
+        if not sep or not key or not vals:
+            raise UserError(f"bad --param {item!r}: use KEY=V1[,V2...], e.g. --param width=8,64")
+        out.setdefault(key, []).extend(v for v in vals.split(",") if v)
+    return out
+
+
+def parse_sizes(items: list[str]) -> list[int]:
+    try:
+        return [parse_size(s) for s in items]
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def select_kernels(names: list[str]) -> list[Kernel]:
+    """The kernels named (all when none), in the order given."""
+    reg = kernels.registry()
+    if not names:
+        return list(reg.values())
+    unknown = [n for n in names if n not in reg]
+    if unknown:
+        raise UserError(f"unknown workload {unknown[0]!r}: run 'python -m bench list' (known: {', '.join(reg)})")
+    return [reg[n] for n in dict.fromkeys(names)]
+
+
+def _default_value(k: Kernel, name: str) -> str:
+    p = k.param(name)
+    assert p is not None
+    if name == "width" and not kernels.width_supported(int(p.default)):
+        # The declared default needs a wider ISA than this CPU has: use the widest it has.
+        return str(max(int(v) for v in p.values if kernels.width_supported(int(v))))
+    return p.default
+
+
+def _param_grid(k: Kernel, overrides: dict[str, list[str]]) -> list[tuple[tuple[str, str], ...]]:
+    axes = []
+    for p in k.params:
+        vals = overrides.get(p.name, [_default_value(k, p.name)])
+        bad = [v for v in vals if v not in p.values]
+        if bad:
+            raise UserError(f"{k.name}: {p.name}={bad[0]} is not allowed; use one of {', '.join(p.values)}")
+        axes.append([(p.name, v) for v in vals])
+    return [tuple(combo) for combo in itertools.product(*axes)]
+
+
+def build(attrs: list[str], names: list[str], params: list[str], sizes: list[str]) -> list[Case]:
+    """Every case, attr-major, validated against what the kernels support."""
+    ks = select_kernels(names)
+    overrides = parse_params(params)
+    known = {p.name for k in ks for p in k.params}
+    for key in overrides:
+        if key not in known:
+            raise UserError(f"--param {key}: no selected workload has it (see 'python -m bench list')")
+    size_list = parse_sizes(sizes)
+    cases = []
+    for attr in (memtypes.canonical(a) for a in attrs):
+        for k in ks:
+            for combo in _param_grid(k, overrides):
+                for size in (size_list or [k.default_size]) if k.sized else [k.default_size]:
+                    cases.append(_checked(Case(k, combo, size, attr)))
+    return list(dict.fromkeys(cases))
+
+
+def _checked(case: Case) -> Case:
+    # The kernel's own supported() decides (alignment, widths, ISA); 0x1000 is never touched.
+    rc = kernels.lib().dmt_supported(case.kernel.index, case.args(buf=0x1000, ram=0x1000))
+    if rc == -95:
+        raise UserError(f"{case.label}: this CPU lacks the instructions for it ({', '.join(kernels.features())}); pick a smaller width")
+    if rc != 0:
+        raise UserError(f"{case.label}: size or parameters rejected by the kernel (sizes must be multiples of 256 B, bursts <= size)")
+    return case

@@ -1,0 +1,186 @@
+"""`python -m bench run`: one pyperf Runner over the plan; each case is a bench_time_func.
+
+pyperf re-spawns this module as `python -m bench run --worker ...` for every value; our
+options are forwarded by _forward() so each worker rebuilds the same plan and runs
+exactly the case pyperf asks for (--worker-task N).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from pathlib import Path
+
+import pyperf
+
+from bench import kernels, memtypes, metadata, plan, results
+from bench.errors import UserError
+from bench.plan import Case
+from bench.targets import Mapping, Target, open_target
+
+# pyperf's defaults (20 processes x 3 values) are sized for noisy Python code; these
+# kernels are stable, and 4 processes keep the default matrix near 30 s on 2 cores.
+PROCESSES, VALUES = 4, 3
+_LISTS = ("attr", "workload", "param", "size")
+_SCALARS = ("target", "stage2", "machine", "results_dir", "label")
+
+
+def _forward(cmd: list[str], args) -> None:
+    """Append our options to a worker's command line (pyperf add_cmdline_args hook)."""
+    for name in _LISTS:
+        for value in getattr(args, name):
+            cmd.extend([f"--{name}", value])
+    for name in _SCALARS:
+        value = getattr(args, name)
+        if value is not None:
+            cmd.extend([f"--{name.replace('_', '-')}", value])
+    if args.fwb:
+        cmd.append("--fwb")
+
+
+def make_runner() -> pyperf.Runner:
+    """The pyperf Runner with dmtbench's options added to its parser."""
+    runner = pyperf.Runner(processes=PROCESSES, values=VALUES, program_args=("-m", "bench", "run"),
+                           add_cmdline_args=_forward)
+    p = runner.argparser
+    p.prog = "python -m bench run"
+    p.add_argument("--target", default="ram", help="ram (default), ram:thp, pci:<BDF>/<bar>, kmod, kmod:pci:<BDF>/<bar>")
+    p.add_argument("--attr", action="append", default=[], help="memory attribute (repeatable; default: all the target offers)")
+    p.add_argument("--workload", action="append", default=[], help="workload name (repeatable; default: all)")
+    p.add_argument("--param", action="append", default=[], help="KEY=V1[,V2] parameter values (repeatable)")
+    p.add_argument("--size", action="append", default=[], help="bytes of mapping for sized workloads, e.g. 64MiB (repeatable: a sweep)")
+    p.add_argument("--stage2", default=None, help="stage-2 attribute the hypervisor gives (declared), or 'none' on bare metal")
+    p.add_argument("--fwb", action="store_true", help="the host uses FEAT_S2FWB")
+    p.add_argument("--label", default=None, help="label in the result file name")
+    p.add_argument("--machine", default=None, help="results/<machine>/ directory name (default: host name)")
+    p.add_argument("--results-dir", default=None, help="results root (default: ./results)")
+    return runner
+
+
+def stage2_of(args, target: Target) -> str:
+    """The declared stage 2, the target's own knowledge, 'none' on bare metal, else 'unknown'."""
+    if args.stage2:
+        return args.stage2 if args.stage2 in ("none", "unknown") else memtypes.canonical(args.stage2)
+    if metadata.system()["virt"] == "host":
+        return "none"
+    return target.stage2_hint() or "unknown"
+
+
+def effective_of(attr: str, stage2: str, fwb: bool) -> str:
+    if stage2 == "none":
+        return attr
+    if stage2 == "unknown":
+        return "unknown"
+    return memtypes.combine(attr, stage2, fwb).effective
+
+
+def case_metadata(case: Case, target: Target, stage2: str, fwb: bool) -> dict:
+    """Per-benchmark metadata (DESIGN.md 'Results')."""
+    k = case.kernel
+    return {
+        "attr": case.attr, "target": target.spec, "workload": k.name, "kind": k.kind,
+        "params": ",".join(f"{a}={b}" for a, b in case.params) or "none", "size": case.size,
+        "report_unit": k.unit, "per_loop": "bytes" if k.unit == "GB/s" else "accesses",
+        "units_per_loop": case.units_per_loop, "stage2": stage2, "fwb": "true" if fwb else "false",
+        "effective": effective_of(case.attr, stage2, fwb), "tags": [k.name],
+    }
+
+
+class CaseTimer:
+    """The time function pyperf calls: opens the mapping once, then times `loops` calls."""
+
+    def __init__(self, case: Case, target: Target) -> None:
+        self.case = case
+        self.mapping: Mapping = target.open(case.attr, case.size)
+        self.ram: Mapping | None = None
+        if case.kernel.flags & kernels.NEEDS_SRC:
+            self.ram = open_target("ram").open("normal", case.size)
+        self.args = case.args(self.mapping.ptr, self.ram.ptr if self.ram else 0)
+        self._ref = ctypes.byref(self.args)
+        if case.kernel.flags & kernels.NEEDS_INIT:
+            self._check(kernels.lib().dmt_init(case.kernel.index, self._ref))
+
+    def _check(self, rc: int) -> int:
+        if rc < 0:
+            raise UserError(f"{self.case.name}: kernel failed with {os.strerror(-rc)}")
+        return rc
+
+    def __call__(self, loops: int) -> float:
+        return self._check(kernels.lib().dmt_run(self.case.kernel.index, self._ref, loops)) * 1e-9
+
+
+def _never(loops: int) -> float:  # placeholder for cases another worker runs
+    raise AssertionError("pyperf called a case outside this worker's task")
+
+
+def _worker(runner: pyperf.Runner, cases: list[Case], target: Target, stage2: str, fwb: bool) -> int:
+    task = runner.args.worker_task or 0
+    for i, case in enumerate(cases):
+        fn = CaseTimer(case, target) if i == task else _never
+        meta = case_metadata(case, target, stage2, fwb)
+        if i == task:
+            meta["realised"] = fn.mapping.realised
+        runner.bench_time_func(case.name, fn, inner_loops=case.units_per_loop, metadata=meta)
+    return 0
+
+
+def _preflight(cases: list[Case], target: Target) -> None:
+    """Open each (attr, size) once in this process, so that permission and size errors
+    surface as one line before any worker is spawned."""
+    for attr, size in dict.fromkeys((c.attr, c.size) for c in cases):
+        target.open(attr, size).close()
+    for case in cases:
+        target.check_access(case.attr, case.kernel.reads, case.kernel.writes)
+
+
+def _manager(runner: pyperf.Runner, cases: list[Case], target: Target, stage2: str, fwb: bool) -> int:
+    args = runner.args
+    _preflight(cases, target)
+    root = Path(args.results_dir or os.environ.get("DMTBENCH_RESULTS", "results"))
+    label = args.label or f"{target.spec}-{'+'.join(dict.fromkeys(c.attr for c in cases))}"
+    final = Path(args.output) if args.output else results.default_path(root, args.machine or metadata.machine_name(), label)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = results.partial_path(final)
+    partial.unlink(missing_ok=True)
+    args.output = str(partial)  # pyperf appends each finished benchmark here
+    args.quiet = not args.verbose  # our own progress line replaces pyperf's
+    failed, t0 = [], time.monotonic()
+    for i, case in enumerate(cases, 1):
+        print(f"[{i}/{len(cases)}] {case.name} ...", end=" ", flush=True)
+        try:
+            bench = runner.bench_time_func(case.name, _never, inner_loops=case.units_per_loop,
+                                           metadata=case_metadata(case, target, stage2, fwb))
+        except (RuntimeError, ValueError) as exc:
+            runner._worker_task += 1  # pyperf skips its own increment when a worker fails
+            failed.append(case.name)
+            print(f"FAILED ({exc})", flush=True)
+            continue
+        median, rsd, unit = results.value_of(bench)
+        print(f"{median:.3f} {unit} +-{rsd * 100:.2f}%", flush=True)
+    dest = results.finalise(partial, final, complete=not failed)
+    print(f"\n{len(cases) - len(failed)} of {len(cases)} cases in {time.monotonic() - t0:.1f} s")
+    if dest:
+        print(results.summary(dest))
+        print(f"\nwrote {dest}")
+    if failed:
+        raise UserError(f"{len(failed)} case(s) failed ({', '.join(failed)}); what was measured is in {dest}", code=1)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Entry point for `python -m bench run`."""
+    runner = make_runner()
+    args = runner.parse_args(argv)
+    target = open_target(args.target)
+    attrs = [memtypes.canonical(a) for a in args.attr] or target.attrs()
+    if not attrs:
+        raise UserError(f"target {target.spec} offers no attribute here: see 'python -m bench targets'")
+    for attr in attrs:
+        target.require(attr)
+    args.attr = attrs
+    cases = plan.build(attrs, args.workload, args.param, args.size)
+    stage2 = stage2_of(args, target)
+    runner.metadata.update(metadata.system())
+    if args.worker:
+        return _worker(runner, cases, target, stage2, args.fwb)
+    return _manager(runner, cases, target, stage2, args.fwb)

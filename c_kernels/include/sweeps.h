@@ -1,0 +1,130 @@
+/* Width-exact sweeps built from the arch primitives (LDn/STn/NTn/XORn).  Each sweep
+ * moves n bytes (n a multiple of 4 * width) with four independent accesses per step,
+ * so the loop, not a dependency chain, is what limits the rate. */
+#ifndef DMT_SWEEPS_H
+#define DMT_SWEEPS_H
+#include "dmt.h"
+#if defined(__x86_64__)
+#include "arch/x86_64.h"
+#elif defined(__aarch64__)
+#include "arch/arm64.h"
+#else
+#include "arch/generic.h"
+#endif
+
+#define DMT_DEFINE_SWEEPS(W)                                                                   \
+	__attribute__((target(DMT_TGT##W))) static uint64_t dmt_rd##W(const char *p, uint64_t n) \
+	{                                                                                      \
+		dmt_v##W a0 = LD##W(p), a1 = a0, a2 = a0, a3 = a0;                             \
+		for (uint64_t i = 0; i < n; i += 4 * W) {                                      \
+			a0 = XOR##W(a0, LD##W(p + i));                                         \
+			a1 = XOR##W(a1, LD##W(p + i + W));                                     \
+			a2 = XOR##W(a2, LD##W(p + i + 2 * W));                                 \
+			a3 = XOR##W(a3, LD##W(p + i + 3 * W));                                 \
+		}                                                                              \
+		return FOLD##W(XOR##W(XOR##W(a0, a1), XOR##W(a2, a3)));                        \
+	}                                                                                      \
+	__attribute__((target(DMT_TGT##W))) static void dmt_wr##W(char *p, uint64_t n, int nt) \
+	{                                                                                      \
+		dmt_v##W v = PAT##W;                                                           \
+		if (nt) {                                                                      \
+			for (uint64_t i = 0; i < n; i += 4 * W) {                              \
+				NT##W(p + i, v);                                               \
+				NT##W(p + i + W, v);                                           \
+				NT##W(p + i + 2 * W, v);                                       \
+				NT##W(p + i + 3 * W, v);                                       \
+			}                                                                      \
+			return;                                                                \
+		}                                                                              \
+		for (uint64_t i = 0; i < n; i += 4 * W) {                                      \
+			ST##W(p + i, v);                                                       \
+			ST##W(p + i + W, v);                                                   \
+			ST##W(p + i + 2 * W, v);                                               \
+			ST##W(p + i + 3 * W, v);                                               \
+		}                                                                              \
+	}                                                                                      \
+	__attribute__((target(DMT_TGT##W))) static void dmt_cp##W(char *d, const char *s,     \
+								   uint64_t n, int nt)          \
+	{                                                                                      \
+		if (nt) {                                                                      \
+			for (uint64_t i = 0; i < n; i += 2 * W) {                              \
+				dmt_v##W x = LD##W(s + i), y = LD##W(s + i + W);               \
+				NT##W(d + i, x);                                               \
+				NT##W(d + i + W, y);                                           \
+			}                                                                      \
+			return;                                                                \
+		}                                                                              \
+		for (uint64_t i = 0; i < n; i += 2 * W) {                                      \
+			dmt_v##W x = LD##W(s + i), y = LD##W(s + i + W);                       \
+			ST##W(d + i, x);                                                       \
+			ST##W(d + i + W, y);                                                   \
+		}                                                                              \
+	}                                                                                      \
+	/* One burst: n bytes of W-byte stores, no unrolling (n may be a single store). */    \
+	__attribute__((target(DMT_TGT##W))) static void dmt_bs##W(char *p, uint64_t n)       \
+	{                                                                                      \
+		dmt_v##W v = PAT##W;                                                           \
+		for (uint64_t i = 0; i < n; i += W)                                            \
+			ST##W(p + i, v);                                                       \
+	}
+
+DMT_DEFINE_SWEEPS(8)
+DMT_DEFINE_SWEEPS(16)
+DMT_DEFINE_SWEEPS(32)
+DMT_DEFINE_SWEEPS(64)
+
+static inline uint64_t dmt_read(const void *p, uint64_t n, uint32_t w)
+{
+	switch (w) {
+	case 8: return dmt_rd8(p, n);
+	case 16: return dmt_rd16(p, n);
+	case 32: return dmt_rd32(p, n);
+	default: return dmt_rd64(p, n);
+	}
+}
+
+static inline void dmt_write(void *p, uint64_t n, uint32_t w, int nt)
+{
+	switch (w) {
+	case 8: dmt_wr8(p, n, nt); break;
+	case 16: dmt_wr16(p, n, nt); break;
+	case 32: dmt_wr32(p, n, nt); break;
+	default: dmt_wr64(p, n, nt); break;
+	}
+}
+
+static inline void dmt_copy(void *d, const void *s, uint64_t n, uint32_t w, int nt)
+{
+	switch (w) {
+	case 8: dmt_cp8(d, s, n, nt); break;
+	case 16: dmt_cp16(d, s, n, nt); break;
+	case 32: dmt_cp32(d, s, n, nt); break;
+	default: dmt_cp64(d, s, n, nt); break;
+	}
+}
+
+static inline void dmt_burst(void *p, uint64_t n, uint32_t w)
+{
+	switch (w) {
+	case 8: dmt_bs8(p, n); break;
+	case 16: dmt_bs16(p, n); break;
+	case 32: dmt_bs32(p, n); break;
+	default: dmt_bs64(p, n); break;
+	}
+}
+
+/* A 4- or 8-byte single-copy access, for registers and doorbells. */
+static inline void dmt_store_one(void *p, uint32_t w, uint64_t v)
+{
+	if (w == 4)
+		*(volatile uint32_t *)p = (uint32_t)v;
+	else
+		*(volatile uint64_t *)p = v;
+}
+
+static inline uint64_t dmt_load_one(const void *p, uint32_t w)
+{
+	return w == 4 ? *(const volatile uint32_t *)p : *(const volatile uint64_t *)p;
+}
+
+#endif

@@ -6,7 +6,8 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 from bench import kbuild  # noqa: E402  (stdlib-only module, importable before deps)
 
 
@@ -20,6 +21,6 @@ class BuildKernels(build_ext):
 
 
 setup(
-    ext_modules=[Extension("bench.libdmtkernels", sources=[str(p) for p in kbuild.sources()])],
+    ext_modules=[Extension("bench.libdmtkernels", sources=[str(p.relative_to(HERE)) for p in kbuild.sources()])],
     cmdclass={"build_ext": BuildKernels},
 )

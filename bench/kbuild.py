@@ -67,6 +67,7 @@ def build(out: Path, cc: str | None = None, src: Path | None = None) -> Path:
         proc = subprocess.run([*argv, *map(str, files), "-o", tmp], capture_output=True, text=True)
         if proc.returncode != 0:
             raise BuildError(f"compiling c_kernels failed:\n{proc.stderr.strip()}")
+        os.chmod(tmp, 0o755)  # mkstemp makes it 0600
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

@@ -1,0 +1,115 @@
+"""`python -m bench selfcheck`: fidelity of our RAM kernels against independent tools.
+
+Bandwidth: likwid-bench (Debian package `likwid`) runs as a child of this process on the
+same CPU and size, interleaved with our kernel, reps times; ratios of the medians.
+Latency: an lmbench-style chase (bench/reference/chase_ref.c, no shared code).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import kbuild, kernels, plan
+from bench.errors import UserError
+from bench.runner import CaseTimer
+from bench.targets import open_target
+from bench.units import format_size, parse_size
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Our workload and the likwid-bench test that does the same thing."""
+
+    label: str
+    workload: str
+    params: tuple[str, ...]
+    likwid: str
+    streams: int  # likwid counts every stream in MByte/s; we count bytes copied once
+
+
+def pairs(isa: str) -> list[Pair]:
+    return [
+        Pair("load", "read-bw", ("width=64",), f"load_{isa}", 1),
+        Pair("NT store", "write-bw", ("width=64", "mode=nt"), f"store_mem_{isa}", 1),
+        Pair("NT copy", "copy-to", ("width=64", "mode=nt"), f"copy_mem_{isa}", 2),
+    ]
+
+
+def ours_gbs(workload: str, params: tuple[str, ...], size: int, min_time: float) -> float:
+    """One timed value of our kernel, like a pyperf value: loops calibrated to min_time."""
+    case = plan.build(["normal"], [workload], list(params), [str(size)])[0]
+    timer = CaseTimer(case, open_target("ram"))
+    loops = 1
+    while (t := timer(loops)) < min_time:
+        loops *= 2
+    return case.units_per_loop * loops / t / 1e9
+
+
+def likwid_gbs(test: str, size: int, streams: int, iters: int) -> float:
+    """likwid-bench payload bandwidth in GB/s (size per stream = size)."""
+    out = subprocess.run(["likwid-bench", "-t", test, "-i", str(iters), "-W", f"N:{size * streams}B:1"],
+                         capture_output=True, text=True, check=False)
+    m = re.search(r"MByte/s:\s+([\d.]+)", out.stdout)
+    if not m:
+        raise UserError(f"likwid-bench -t {test} printed no MByte/s: {out.stderr.strip()[:200]}")
+    return float(m.group(1)) / 1e3 / streams
+
+
+def chase_ns(size: int, min_time: float) -> float:
+    case = plan.build(["normal"], ["read-lat"], [], [str(size)])[0]
+    timer = CaseTimer(case, open_target("ram"))
+    timer(1 << 20)  # warm up, as the reference does
+    loops = 1 << 20
+    while (t := timer(loops)) < min_time:
+        loops *= 2
+    return t / loops * 1e9
+
+
+def reference_chase(size: int, seconds: float) -> float:
+    src = Path(__file__).with_name("reference") / "chase_ref.c"
+    exe = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dmtbench" / "chase_ref"
+    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+        exe.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([*kbuild.find_cc(), "-O2", str(src), "-o", str(exe)], check=True)
+    out = subprocess.run([str(exe), str(size), "64", str(seconds)], capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[0])
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench selfcheck", description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="256MiB", help="bandwidth working set per stream (default 256MiB)")
+    p.add_argument("--chase-size", default="1GiB", help="pointer-chase working set (default 1GiB)")
+    p.add_argument("--reps", type=int, default=5, help="interleaved repetitions of each side")
+    p.add_argument("--cpu", type=int, default=0, help="CPU both sides run on (likwid pins to hwthread 0)")
+    args = p.parse_args(argv)
+    size, chase_size = parse_size(args.size), parse_size(args.chase_size)
+    os.sched_setaffinity(0, {args.cpu})
+    isa = "avx512" if "avx512f" in kernels.features() else "avx"
+    t0 = time.monotonic()
+    print(f"selfcheck on {kernels.arch()} ({' '.join(kernels.features())}), {args.reps} interleaved reps, medians")
+    print(f"{'case':<10} {'size':>7} {'dmtbench':>12} {'reference':>12} {'ratio':>7}")
+    if shutil.which("likwid-bench") is None or kernels.arch() != "x86_64":
+        print("likwid-bench not available (Debian: apt-get install likwid); bandwidth pairs skipped")
+    else:
+        for pair in pairs(isa):
+            ours, ref = [], []
+            for _ in range(args.reps):
+                ours.append(ours_gbs(pair.workload, pair.params, size, 0.2))
+                ref.append(likwid_gbs(pair.likwid, size, pair.streams, max(2, int(8e9 // size))))
+            o, r = statistics.median(ours), statistics.median(ref)
+            print(f"{pair.label:<10} {format_size(size):>7} {o:8.2f} GB/s {r:7.2f} GB/s {o / r:6.3f}x  ({pair.likwid})")
+    ours, ref = [], []
+    for _ in range(max(1, args.reps // 2)):
+        ours.append(chase_ns(chase_size, 1.0))
+        ref.append(reference_chase(chase_size, 1.0))
+    o, r = statistics.median(ours), statistics.median(ref)
+    print(f"{'chase':<10} {format_size(chase_size):>7} {o:10.2f} ns {r:9.2f} ns {o / r:6.3f}x  (chase_ref.c; within 3% is the goal)")
+    print(f"selfcheck took {time.monotonic() - t0:.0f} s")
+    return 0

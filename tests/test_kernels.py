@@ -1,0 +1,138 @@
+"""The kernel registry read from C, and each kernel doing what it claims on real RAM."""
+import ctypes
+import shutil
+import subprocess
+
+import pytest
+
+from bench import kbuild, kernels, plan
+from bench.runner import CaseTimer
+from bench.targets import open_target
+
+EXPECTED = {"read-bw", "write-bw", "copy-to", "copy-from", "read-lat", "mmio-read", "wc-burst", "doorbell", "zero"}
+
+
+def test_registry_comes_from_c_table():
+    reg = kernels.registry()
+    assert set(reg) == EXPECTED
+    assert [k.index for k in reg.values()] == list(range(len(reg)))
+    for k in reg.values():
+        assert k.unit in ("GB/s", "ns", "M/s") and k.kind in ("bandwidth", "latency", "rate")
+        assert k.per_loop in (kernels.PER_SIZE, kernels.PER_BURST, kernels.PER_ACCESS)
+        for p in k.params:
+            assert p.default in p.values
+
+
+def test_parse_params():
+    (w, m) = kernels.parse_params("width=8|*64;mode=*plain|nt")
+    assert (w.values, w.default, m.values, m.default) == (("8", "64"), "64", ("plain", "nt"), "plain")
+    assert kernels.parse_params("") == ()
+
+
+def _timer(workload, params=(), size="64KiB"):
+    case = plan.build(["normal"], [workload], list(params), [size])[0]
+    return case, CaseTimer(case, open_target("ram"))
+
+
+def _bytes(timer, n):
+    return ctypes.string_at(timer.mapping.ptr, n)
+
+
+@pytest.mark.parametrize("width", ["8", "16", "32", "64"])
+@pytest.mark.parametrize("mode", ["plain", "nt"])
+def test_write_bw_writes_pattern(width, mode):
+    if not kernels.width_supported(int(width)):
+        pytest.skip("CPU lacks this width")
+    case, t = _timer("write-bw", [f"width={width}", f"mode={mode}"])
+    assert t(2) > 0
+    assert _bytes(t, case.size) == b"\x5a" * case.size
+
+
+@pytest.mark.parametrize("width", ["8", "64"])
+def test_copy_to_and_from(width):
+    case, t = _timer("copy-to", [f"width={width}"])
+    ctypes.memset(t.ram.ptr, 0x33, case.size)
+    t(1)
+    assert _bytes(t, case.size) == b"\x33" * case.size
+    case, t = _timer("copy-from", [f"width={width}"])
+    ctypes.memset(t.mapping.ptr, 0x44, case.size)
+    t(1)
+    assert ctypes.string_at(t.ram.ptr, case.size) == b"\x44" * case.size
+
+
+def test_zero_zeroes():
+    case, t = _timer("zero")
+    ctypes.memset(t.mapping.ptr, 0x77, case.size)
+    t(1)
+    assert _bytes(t, case.size) == bytes(case.size)
+
+
+def test_chase_is_one_cycle_over_every_slot():
+    case, t = _timer("read-lat", size="64KiB")
+    base, n = t.mapping.ptr, case.size // 64
+    seen, p = set(), base
+    for _ in range(n):
+        seen.add(p)
+        p = ctypes.c_void_p.from_address(p).value
+    assert p == base and len(seen) == n and all((a - base) % 64 == 0 for a in seen)
+
+
+def test_wc_burst_walks_ring_and_doorbell_writes_word():
+    case, t = _timer("wc-burst", ["burst=256"], size="4KiB")
+    t(16)  # 16 bursts x 256 B cover the 4 KiB ring exactly once
+    assert _bytes(t, 4096) == b"\x5a" * 4096
+    assert t.args.cursor == 0
+    case, t = _timer("doorbell", ["width=4"])
+    t(7)
+    assert ctypes.c_uint32.from_address(t.mapping.ptr).value == 6  # last value stored: loop index
+
+
+def test_timed_values_scale_with_loops():
+    _, t = _timer("read-bw", size="1MiB")
+    t(10)
+    small, big = min(t(10) for _ in range(5)), min(t(100) for _ in range(5))
+    assert 5 < big / small < 20
+
+
+def test_bad_args_are_refused_by_c():
+    lib = kernels.lib()
+    k = kernels.registry()["read-bw"]
+    assert lib.dmt_supported(k.index, ctypes.byref(kernels.Args(buf=0x1000, size=100, width=64))) == -22
+    assert lib.dmt_supported(k.index, ctypes.byref(kernels.Args(buf=0x1000, size=4096, width=24))) == -22
+    assert lib.dmt_run(99, ctypes.byref(kernels.Args()), 1) < 0
+
+
+def test_fallback_build_into_other_dir(tmp_path):
+    out = kbuild.build(tmp_path / kbuild.LIB_NAME)
+    so = ctypes.CDLL(str(out))
+    so.dmt_src_hash.restype = ctypes.c_char_p
+    assert so.dmt_src_hash().decode() == kbuild.source_hash()
+    assert so.dmt_kernel_count() == len(EXPECTED)
+
+
+def test_missing_compiler_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    with pytest.raises(kbuild.BuildError, match="no C compiler"):
+        kbuild.build(tmp_path / "x.so")
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None, reason="needs gcc-aarch64-linux-gnu")
+def test_arm64_cross_build_uses_the_intended_instructions(tmp_path):
+    out = kbuild.build(tmp_path / kbuild.LIB_NAME, cc="aarch64-linux-gnu-gcc")
+    dis = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(out)], capture_output=True, text=True).stdout
+    for insn in ("ld1\t{v", "st1\t{v", "stnp\tq", "ldp\tq", "dc\tzva", "dsb\tst"):
+        assert insn in dis, insn
+
+
+def test_generic_fallback_compiles(tmp_path):
+    # The portable path, forced on this host.
+    src = kbuild.source_dir()
+    cc = kbuild.find_cc()
+    out = tmp_path / "g.so"
+    proc = subprocess.run([*cc, *kbuild.CFLAGS, "-DDMT_FORCE_GENERIC", f"-I{src / 'include'}",
+                           *map(str, kbuild.sources()), "-o", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    so = ctypes.CDLL(str(out))
+    so.dmt_arch.restype = ctypes.c_char_p
+    assert so.dmt_arch() == b"generic" and so.dmt_kernel_count() == len(EXPECTED)

@@ -82,6 +82,21 @@ def reference_chase(size: int, seconds: float) -> float:
     return float(out.stdout.split()[0])
 
 
+def overhead(min_time: float = 0.1) -> str:
+    """What the harness adds to one pyperf value: the ctypes call (outside the kernel's
+    own clock) and the fence+clock bracket inside it, against a min_time value."""
+    timer = CaseTimer(plan.build(["normal"], ["doorbell"], [], [])[0], open_target("ram"))
+    reps = 20000
+    t0 = time.perf_counter_ns()
+    inside = sum(timer(1) for _ in range(reps)) * 1e9
+    call_ns = (time.perf_counter_ns() - t0 - inside) / reps
+    bracket_ns = kernels.lib().dmt_timer_overhead(reps) / reps / 2
+    value_ns = min_time * 1e9
+    return (f"overhead: ctypes call {call_ns:.0f} ns per value ({call_ns / value_ns * 100:.5f}% of a "
+            f"{min_time * 1e3:.0f} ms value, and outside the timed region); fence+clock bracket inside it "
+            f"{bracket_ns:.0f} ns ({bracket_ns / value_ns * 100:.5f}%)")
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench selfcheck", description=__doc__.splitlines()[0])
     p.add_argument("--size", default="256MiB", help="bandwidth working set per stream (default 256MiB)")
@@ -111,5 +126,6 @@ def main(argv: list[str]) -> int:
         ref.append(reference_chase(chase_size, 1.0))
     o, r = statistics.median(ours), statistics.median(ref)
     print(f"{'chase':<10} {format_size(chase_size):>7} {o:10.2f} ns {r:9.2f} ns {o / r:6.3f}x  (chase_ref.c; within 3% is the goal)")
+    print(overhead())
     print(f"selfcheck took {time.monotonic() - t0:.0f} s")
     return 0

@@ -12,6 +12,7 @@ COMMANDS = {
     "list": "list workloads and their parameters",
     "targets": "list targets and which attributes each can give",
     "combine": "effective memory type of a stage-1 and a stage-2 attribute",
+    "probe": "semantic probes (alignment, DC ZVA, exclusives, atomics) per attribute",
     "selfcheck": "compare our RAM kernels with likwid-bench and an independent chase",
 }
 
@@ -69,6 +70,12 @@ def cmd_run(argv: list[str]) -> int:
     return runner.main(argv)
 
 
+def cmd_probe(argv: list[str]) -> int:
+    from bench import probe_cli
+
+    return probe_cli.main(argv)
+
+
 def cmd_selfcheck(argv: list[str]) -> int:
     from bench import selfcheck
 
@@ -76,7 +83,7 @@ def cmd_selfcheck(argv: list[str]) -> int:
 
 
 HANDLERS = {"run": cmd_run, "list": cmd_list, "targets": cmd_targets, "combine": cmd_combine,
-            "selfcheck": cmd_selfcheck}
+            "probe": cmd_probe, "selfcheck": cmd_selfcheck}
 
 
 def usage() -> str:

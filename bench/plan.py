@@ -105,8 +105,10 @@ def _param_grid(k: Kernel, overrides: dict[str, list[str]]) -> list[tuple[tuple[
     return [tuple(combo) for combo in itertools.product(*axes)]
 
 
-def build(attrs: list[str], names: list[str], params: list[str], sizes: list[str]) -> list[Case]:
-    """Every case, attr-major, validated against what the kernels support."""
+def build(attrs: list[str], names: list[str], params: list[str], sizes: list[str],
+          max_size: int | None = None) -> list[Case]:
+    """Every case, attr-major, validated against what the kernels support.  Default sizes
+    are capped at max_size (a BAR smaller than a workload's default)."""
     ks = select_kernels(names)
     overrides = parse_params(params)
     known = {p.name for k in ks for p in k.params}
@@ -118,7 +120,8 @@ def build(attrs: list[str], names: list[str], params: list[str], sizes: list[str
     for attr in (memtypes.canonical(a) for a in attrs):
         for k in ks:
             for combo in _param_grid(k, overrides):
-                for size in (size_list or [k.default_size]) if k.sized else [k.default_size]:
+                default = min(k.default_size, max_size or k.default_size)
+                for size in (size_list or [default]) if k.sized else [default]:
                     cases.append(_checked(Case(k, combo, size, attr)))
     return list(dict.fromkeys(cases))
 

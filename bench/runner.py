@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pyperf
 
-from bench import kernels, memtypes, metadata, plan, results
+from bench import kernels, memtypes, metadata, plan, probe, results
 from bench.errors import UserError
 from bench.plan import Case
 from bench.targets import Mapping, Target, open_target
+from bench.targets.ram import RamTarget
 
 # pyperf's defaults (20 processes x 3 values) are sized for noisy Python code; these
 # kernels are stable, and 4 processes keep the default matrix near 30 s on 2 cores.
@@ -34,8 +35,9 @@ def _forward(cmd: list[str], args) -> None:
         value = getattr(args, name)
         if value is not None:
             cmd.extend([f"--{name.replace('_', '-')}", value])
-    if args.fwb:
-        cmd.append("--fwb")
+    for flag in ("fwb", "allow_reads", "allow_writes"):
+        if getattr(args, flag):
+            cmd.append(f"--{flag.replace('_', '-')}")
 
 
 def make_runner() -> pyperf.Runner:
@@ -51,6 +53,8 @@ def make_runner() -> pyperf.Runner:
     p.add_argument("--size", action="append", default=[], help="bytes of mapping for sized workloads, e.g. 64MiB (repeatable: a sweep)")
     p.add_argument("--stage2", default=None, help="stage-2 attribute the hypervisor gives (declared), or 'none' on bare metal")
     p.add_argument("--fwb", action="store_true", help="the host uses FEAT_S2FWB")
+    p.add_argument("--allow-reads", action="store_true", help="allow reading a BAR that is not known scratch memory")
+    p.add_argument("--allow-writes", action="store_true", help="allow writing a BAR that is not known scratch memory")
     p.add_argument("--label", default=None, help="label in the result file name")
     p.add_argument("--machine", default=None, help="results/<machine>/ directory name (default: host name)")
     p.add_argument("--results-dir", default=None, help="results root (default: ./results)")
@@ -109,6 +113,28 @@ class CaseTimer:
         return self._check(kernels.lib().dmt_run(self.case.kernel.index, self._ref, loops)) * 1e-9
 
 
+def inferred_class(mapping: Mapping, target: Target) -> str:
+    """Device or normal, as the unaligned-load probe sees it (RAM: known, no probe)."""
+    if isinstance(target, RamTarget):
+        return "normal"
+    return probe.infer_mapping(mapping)
+
+
+def _warn_disagreements(cases: list[Case], target: Target, stage2: str, fwb: bool) -> None:
+    """Say so when the declared stage 2 predicts another class than the probes see."""
+    if stage2 in ("none", "unknown") or isinstance(target, RamTarget):
+        return
+    for attr in dict.fromkeys(c.attr for c in cases):
+        mapping = target.open(attr, 4096)
+        try:
+            seen = probe.infer_mapping(mapping)
+        finally:
+            mapping.close()
+        predicted = memtypes.combine(attr, stage2, fwb)
+        if seen != "unknown" and (seen == "device") != predicted.device:
+            print(f"warning: --stage2 {stage2} predicts {predicted.effective} for {attr}, but the probes see {seen} memory")
+
+
 def _never(loops: int) -> float:  # placeholder for cases another worker runs
     raise AssertionError("pyperf called a case outside this worker's task")
 
@@ -120,22 +146,24 @@ def _worker(runner: pyperf.Runner, cases: list[Case], target: Target, stage2: st
         meta = case_metadata(case, target, stage2, fwb)
         if i == task:
             meta["realised"] = fn.mapping.realised
+            meta["effective_inferred"] = inferred_class(fn.mapping, target)
         runner.bench_time_func(case.name, fn, inner_loops=case.units_per_loop, metadata=meta)
     return 0
 
 
 def _preflight(cases: list[Case], target: Target) -> None:
-    """Open each (attr, size) once in this process, so that permission and size errors
-    surface as one line before any worker is spawned."""
-    for attr, size in dict.fromkeys((c.attr, c.size) for c in cases):
-        target.open(attr, size).close()
+    """Check permissions, then open each (attr, size) once in this process, so that
+    refusals and size errors surface as one line before any worker is spawned."""
     for case in cases:
         target.check_access(case.attr, case.kernel.reads, case.kernel.writes)
+    for attr, size in dict.fromkeys((c.attr, c.size) for c in cases):
+        target.open(attr, size).close()
 
 
 def _manager(runner: pyperf.Runner, cases: list[Case], target: Target, stage2: str, fwb: bool) -> int:
     args = runner.args
     _preflight(cases, target)
+    _warn_disagreements(cases, target, stage2, fwb)
     root = Path(args.results_dir or os.environ.get("DMTBENCH_RESULTS", "results"))
     label = args.label or f"{target.spec}-{'+'.join(dict.fromkeys(c.attr for c in cases))}"
     final = Path(args.output) if args.output else results.default_path(root, args.machine or metadata.machine_name(), label)
@@ -171,14 +199,14 @@ def main(argv: list[str]) -> int:
     """Entry point for `python -m bench run`."""
     runner = make_runner()
     args = runner.parse_args(argv)
-    target = open_target(args.target)
+    target = open_target(args.target, args.allow_reads, args.allow_writes)
     attrs = [memtypes.canonical(a) for a in args.attr] or target.attrs()
     if not attrs:
         raise UserError(f"target {target.spec} offers no attribute here: see 'python -m bench targets'")
     for attr in attrs:
         target.require(attr)
     args.attr = attrs
-    cases = plan.build(attrs, args.workload, args.param, args.size)
+    cases = plan.build(attrs, args.workload, args.param, args.size, target.max_size())
     stage2 = stage2_of(args, target)
     runner.metadata.update(metadata.system())
     if args.worker:

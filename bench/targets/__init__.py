@@ -3,29 +3,45 @@ from __future__ import annotations
 
 from bench.errors import UserError
 from bench.targets.base import Availability, Mapping, Target
+from bench.targets.pci import SCRATCH, PciTarget, read_bars, sysfs_root
 from bench.targets.ram import RamTarget
 
-__all__ = ["Availability", "Mapping", "Target", "open_target", "SPECS"]
+__all__ = ["Availability", "Mapping", "Target", "open_target", "discover", "describe", "SPECS"]
 
 # Spec forms, for help texts and `python -m bench targets`.
 SPECS = {
     "ram": "host RAM, anonymous and pre-faulted (default)",
     "ram:thp": "host RAM on transparent huge pages",
+    "pci:<BDF>/<bar>": "a PCI BAR through sysfs resourceN / resourceN_wc",
 }
 
 
-def open_target(spec: str) -> Target:
+def open_target(spec: str, allow_reads: bool = False, allow_writes: bool = False) -> Target:
     """The Target for a --target spec; UserError names the valid forms."""
     if spec in ("ram", "ram:thp"):
         return RamTarget(thp=spec == "ram:thp")
-    forms = ", ".join(SPECS)
-    raise UserError(f"unknown target {spec!r}: use one of {forms}")
+    if spec.startswith("pci:"):
+        return PciTarget(spec, allow_reads, allow_writes)
+    raise UserError(f"unknown target {spec!r}: use one of {', '.join(SPECS)}")
 
 
 def discover() -> list[str]:
-    """Target specs worth listing on this machine."""
-    return list(SPECS)
+    """Target specs worth listing here: RAM, and every memory BAR of known scratch devices
+    (other BARs are listed only when named: --target pci:<BDF>/<bar>)."""
+    specs = ["ram", "ram:thp"]
+    root = sysfs_root()
+    for dev in sorted(root.iterdir()) if root.is_dir() else []:
+        try:
+            ids = (int((dev / "vendor").read_text(), 16), int((dev / "device").read_text(), 16))
+            bars = read_bars(dev)
+        except (OSError, ValueError):
+            continue
+        if ids in SCRATCH:
+            specs += [f"pci:{dev.name}/{i}" for i, b in enumerate(bars) if b.size and b.is_mem]
+    return specs
 
 
 def describe(target: Target) -> str:
+    if isinstance(target, PciTarget):
+        return target.describe()
     return SPECS.get(target.spec, target.spec)

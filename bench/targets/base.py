@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import ctypes
-import mmap
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +60,10 @@ class Target(ABC):
             if a.attr == name and not a.ok:
                 raise UserError(f"target {self.spec} cannot give {name}: {a.reason}")
 
+    def max_size(self) -> int | None:
+        """The largest mapping this target can give (None: no fixed limit)."""
+        return None
+
     def stage2_hint(self) -> str | None:
         """The stage-2 type a hypervisor gives this target, when the target knows it."""
         return None
@@ -68,21 +72,23 @@ class Target(ABC):
         """UserError when a workload's reads or writes are not allowed on this target."""
 
 
-def map_address(m: mmap.mmap) -> int:
-    """The address of an mmap object's memory (kept alive by the caller)."""
-    return ctypes.addressof(ctypes.c_char.from_buffer(m))
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-def unmap(m: mmap.mmap) -> Callable[[], None]:
-    """A close() for Mapping that drops the buffer export before unmapping."""
+def map_memory(size: int, prot: int, flags: int, fd: int = -1) -> tuple[int, Callable[[], None]]:
+    """mmap(2) through libc (Python's mmap cannot give the address of a read-only map).
+    Returns (address, unmap); OSError on failure."""
+    ptr = _libc.mmap(None, size, prot, flags, fd, 0)
+    if ptr in (None, MAP_FAILED):
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ptr, lambda: _libc.munmap(ptr, size)
 
-    def close() -> None:
-        import gc
 
-        gc.collect()  # the ctypes view from map_address must die before munmap
-        try:
-            m.close()
-        except BufferError:
-            pass  # still exported: the process is about to exit anyway
-
-    return close
+def madvise(ptr: int, size: int, advice: int) -> None:
+    _libc.madvise(ptr, size, advice)

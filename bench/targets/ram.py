@@ -4,7 +4,7 @@ from __future__ import annotations
 import mmap
 
 from bench import kernels, memtypes
-from bench.targets.base import Availability, Mapping, Target, map_address, unmap
+from bench.targets.base import Availability, Mapping, Target, madvise, map_memory
 
 _OTHER_WAYS = {
     "normal-nc": "a prefetchable BAR's resourceN_wc (--target pci:<BDF>/<bar>, e.g. in a guest with a passed-through device via python -m guestkit run) or --target kmod",
@@ -33,10 +33,9 @@ class RamTarget(Target):
 
     def open(self, attr: str, size: int) -> Mapping:
         self.require(attr)
-        m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        ptr, close = map_memory(size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         if self.thp:
-            m.madvise(mmap.MADV_HUGEPAGE)
-        ptr = map_address(m)
+            madvise(ptr, size, mmap.MADV_HUGEPAGE)
         kernels.lib().dmt_prefault(ptr, size, 1)  # fault every page now, not while timed
         pages = "THP requested (madvise)" if self.thp else "4 KiB pages (no THP madvise)"
-        return Mapping(ptr, size, "normal", f"anonymous mmap, prefaulted, {pages}", True, self.spec, unmap(m))
+        return Mapping(ptr, size, "normal", f"anonymous mmap, prefaulted, {pages}", True, self.spec, close)

@@ -1,0 +1,99 @@
+"""`python -m bench probe`: the probe matrix per attribute as a table, JSON or KTAP."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from bench import kernels, memtypes, metadata
+from bench.errors import UserError
+from bench.probe import Outcome, infer_class, probe_mapping, probes
+from bench.targets import open_target
+
+PROBE_BYTES = 4096
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench probe", description=__doc__)
+    p.add_argument("--target", default="ram")
+    p.add_argument("--attr", action="append", default=[], help="repeatable; default: all the target offers")
+    p.add_argument("--probe", action="append", default=[], help="probe name (repeatable; default: all)")
+    p.add_argument("--stage2", default=None, help="declared stage-2 attribute (for expectations)")
+    p.add_argument("--fwb", action="store_true")
+    p.add_argument("--allow-reads", action="store_true", help="allow reading a BAR that is not known scratch memory")
+    p.add_argument("--allow-writes", action="store_true", help="allow writing a BAR that is not known scratch memory")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--ktap", action="store_true", help="KTAP output, as kselftest prints it")
+    return p
+
+
+def expected_type(attr: str, stage2: str | None, fwb: bool) -> str:
+    """What the probes should see: stage 1 combined with a declared stage 2, else stage 1."""
+    return memtypes.combine(attr, stage2, fwb).effective if stage2 and stage2 != "none" else attr
+
+
+def cell(o: Outcome) -> str:
+    text = o.result if not o.code or o.result == "skip" else f"{o.result}/{o.code.split('_')[-1]}"
+    return text + ("!" if o.agrees is False else "")
+
+
+def table(attrs: list[str], rows: dict[str, list[Outcome]]) -> str:
+    names = [o.probe for o in rows[attrs[0]]]
+    w = max(len(n) for n in names)
+    lines = [f"{'probe':<{w}}  " + "  ".join(f"{a:<14}" for a in attrs)]
+    for i, name in enumerate(names):
+        lines.append(f"{name:<{w}}  " + "  ".join(f"{cell(rows[a][i]):<14}" for a in attrs))
+    return "\n".join(lines)
+
+
+def ktap(target: str, outcomes: list[Outcome]) -> str:
+    lines = ["KTAP version 1", f"# dmtbench probe on {target} ({kernels.arch()})", f"1..{len(outcomes)}"]
+    counts = {"pass": 0, "fail": 0, "skip": 0}
+    for n, o in enumerate(outcomes, 1):
+        name = f"{o.attr}.{o.probe}"
+        if o.result == "skip":
+            counts["skip"] += 1
+            lines.append(f"ok {n} {name} # SKIP {o.code}")
+        elif o.agrees is False:
+            counts["fail"] += 1
+            lines.append(f"not ok {n} {name} # expected {o.expected}, got {o.result} {o.code}".rstrip())
+        else:
+            counts["pass"] += 1
+            lines.append(f"ok {n} {name} # {o.result} {o.code}".rstrip())
+    lines.append(f"# totals: pass:{counts['pass']} fail:{counts['fail']} xfail:0 xpass:0 skip:{counts['skip']} error:0")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    target = open_target(args.target, args.allow_reads, args.allow_writes)
+    attrs = [memtypes.canonical(a) for a in args.attr] or target.attrs()
+    for attr in attrs:
+        target.require(attr)
+        target.check_access(attr, reads=True, writes=False)
+    known = {p.name: p for p in probes()}
+    bad = [n for n in args.probe if n not in known]
+    if bad:
+        raise UserError(f"unknown probe {bad[0]!r}: use one of {', '.join(known)}")
+    selected = [known[n] for n in args.probe] or list(known.values())
+    stage2 = args.stage2 and (args.stage2 if args.stage2 == "none" else memtypes.canonical(args.stage2))
+    rows: dict[str, list[Outcome]] = {}
+    for attr in attrs:
+        mapping = target.open(attr, PROBE_BYTES)
+        try:
+            rows[attr] = probe_mapping(mapping, selected, expected_type(attr, stage2, args.fwb))
+        finally:
+            mapping.close()
+    inferred = {a: infer_class(rows[a]) for a in attrs}
+    if args.json:
+        print(json.dumps({"target": target.spec, "arch": kernels.arch(), "stage2": stage2 or "unknown",
+                          "emulated": metadata.emulated(), "inferred": inferred,
+                          "outcomes": [o.to_dict() for a in attrs for o in rows[a]]}, indent=1))
+    elif args.ktap:
+        print(ktap(target.spec, [o for a in attrs for o in rows[a]]))
+    else:
+        print(f"probe matrix on {target.spec} ({kernels.arch()}{', emulated' if metadata.emulated() else ''}); "
+              "'!' = differs from the architectural expectation")
+        print(table(attrs, rows))
+        print("inferred: " + ", ".join(f"{a} -> {c}" for a, c in inferred.items()))
+    return 0

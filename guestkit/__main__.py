@@ -1,0 +1,95 @@
+"""`python -m guestkit <command>`: deps, run."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.errors import UserError
+from bench.units import parse_size
+from guestkit.qemu import ARCHES, get_arch
+
+
+def cmd_deps(argv: list[str]) -> int:
+    from guestkit import deps
+
+    p = argparse.ArgumentParser(prog="python -m guestkit deps", description=deps.__doc__.splitlines()[0])
+    p.add_argument("--arch", default="arm64", choices=list(ARCHES))
+    args = p.parse_args(argv)
+    return deps.main(get_arch(args.arch))
+
+
+def run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m guestkit run",
+                                usage="python -m guestkit run [options] -- <command in the guest>")
+    p.add_argument("--arch", default="arm64", choices=list(ARCHES))
+    p.add_argument("--accel", choices=["tcg", "kvm"], default=None, help="default: kvm on a native host with /dev/kvm, else tcg")
+    p.add_argument("--ivshmem", metavar="SIZE", help="add an ivshmem-plain device (scratch BAR2 of SIZE) at 0000:00:01.0")
+    p.add_argument("--ivshmem-file", type=Path, help="backing file of the ivshmem BAR (kept; default: a temporary file)")
+    p.add_argument("--vfio", action="append", default=[], metavar="BDF", help="pass a host device bound to vfio-pci through")
+    p.add_argument("--timeout", type=float, default=600, help="seconds before the guest is killed (exit 124)")
+    p.add_argument("--memory", type=int, default=1024, help="guest RAM in MiB")
+    p.add_argument("--results", type=Path, default=Path("results"), help="host results root (default ./results)")
+    p.add_argument("--machine", help="guest machine name, i.e. results/<machine>/ (default qemu-<arch>-<accel>)")
+    p.add_argument("--show-command", action="store_true", help="print the QEMU command line")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    return p
+
+
+def cmd_run(argv: list[str]) -> int:
+    from guestkit import launch
+
+    args = run_parser().parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise UserError("no command to run in the guest: add it after --, e.g. -- python -m bench run --fast")
+    arch = get_arch(args.arch)
+    accel = args.accel or ("kvm" if arch.native() and os.path.exists("/dev/kvm") else "tcg")
+    size = 0
+    if args.ivshmem:
+        try:
+            size = parse_size(args.ivshmem)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if size < 4096 or size & (size - 1):
+            raise UserError(f"--ivshmem {args.ivshmem}: the BAR size must be a power of two >= 4KiB")
+    shm_file, temp = args.ivshmem_file, None
+    if size and shm_file is None:
+        fd, name = tempfile.mkstemp(prefix="ivshmem-")
+        os.close(fd)
+        shm_file = temp = Path(name)
+    if shm_file is not None:
+        with open(shm_file, "ab") as f:
+            f.truncate(size)
+    try:
+        return launch.run(arch, command, accel=accel, timeout=args.timeout, results=args.results,
+                          machine=args.machine or f"qemu-{arch.name}-{accel}", ivshmem_file=shm_file,
+                          ivshmem_bytes=size, vfio=tuple(args.vfio), memory_mb=args.memory,
+                          show_command=args.show_command)
+    finally:
+        if temp:
+            temp.unlink(missing_ok=True)
+
+
+HANDLERS = {"deps": cmd_deps, "run": cmd_run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in HANDLERS:
+        print("usage: python -m guestkit {deps,run} ...  (-h on each for options)", file=sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    try:
+        return HANDLERS[argv[0]](argv[1:])
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("error: interrupted; files already received are in results/", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

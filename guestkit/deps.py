@@ -1,0 +1,94 @@
+"""`python -m guestkit deps`: everything the guest path needs, from Debian's packages.
+
+Host: QEMU >= 9 (Debian 12 ships 7.2, which does not model Device alignment faults, so
+it comes from bookworm-backports) and the cross compiler.  Guest: the Debian kernel and
+python3 of the guest architecture, unpacked into a cached base initramfs.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.errors import UserError
+from guestkit import apt, image
+from guestkit.paths import arch_cache
+from guestkit.qemu import Arch
+
+MIN_QEMU = (9, 0)
+
+
+@dataclass(frozen=True)
+class GuestParts:
+    """What a guest boot needs, all on local disk."""
+
+    kernel: Path
+    base: Path
+    kernel_version: str  # e.g. 6.1.0-56-arm64, for module builds
+
+
+def qemu_version(binary: str) -> tuple[int, int] | None:
+    if not shutil.which(binary):
+        return None
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"version (\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def ensure_host(arch: Arch) -> list[str]:
+    """Install QEMU >= 9 and the cross compiler when missing; returns what was done."""
+    done = []
+    if (qemu_version(arch.qemu) or (0, 0)) < MIN_QEMU:
+        suite = apt.ensure_backports()
+        apt.install([arch.qemu_pkg], release=suite)
+        done.append(f"{arch.qemu_pkg} from {suite}")
+        if (qemu_version(arch.qemu) or (0, 0)) < MIN_QEMU:
+            raise UserError(f"{arch.qemu} is still older than {MIN_QEMU[0]}.{MIN_QEMU[1]}: install QEMU >= 9 by hand")
+    if not arch.native() and not shutil.which(arch.cross_cc):
+        apt.update()
+        apt.install([arch.cross_pkg])
+        done.append(arch.cross_pkg)
+    return done
+
+
+def guest_apt(arch: Arch) -> apt.ForeignApt:
+    fa = apt.ForeignApt(arch.debian, arch_cache(arch.name) / "apt")
+    if not any((fa.cache / "lists").glob("*Packages*")):
+        fa.update()
+    return fa
+
+
+def ensure_guest(arch: Arch) -> GuestParts:
+    """Download the guest's kernel and python3 and build the base initramfs (cached)."""
+    fa = guest_apt(arch)
+    kernel_pkg = fa.depends_on(arch.kernel_meta)
+    debs = fa.download([*image.GUEST_PKGS, kernel_pkg])
+    kernel, base = image.build_base(arch, debs[:-1], debs[-1], arch_cache(arch.name))
+    return GuestParts(kernel, base, kernel_pkg.removeprefix("linux-image-"))
+
+
+def find_parts(arch: Arch) -> GuestParts:
+    """The parts deps built, or a one-line error saying to run deps."""
+    cache = arch_cache(arch.name)
+    bases = sorted(cache.glob("base-*.cpio"), key=lambda p: p.stat().st_mtime)
+    if not bases or qemu_version(arch.qemu) is None:
+        raise UserError(f"the {arch.name} guest is not set up: run 'python -m guestkit deps --arch {arch.name}'")
+    key = bases[-1].stem.removeprefix("base-")
+    kdeb = next((cache / "apt" / "debs").glob("linux-image-*.deb"), None)
+    version = kdeb.name.split("_")[0].removeprefix("linux-image-") if kdeb else "unknown"
+    return GuestParts(cache / f"vmlinuz-{key}", bases[-1], version)
+
+
+def main(arch: Arch) -> int:
+    t0 = time.monotonic()
+    done = ensure_host(arch)
+    parts = ensure_guest(arch)
+    image.suite_library(arch, arch_cache(arch.name))
+    print(f"host: {arch.qemu} {'.'.join(map(str, qemu_version(arch.qemu) or ()))}"
+          f"{' (installed ' + ', '.join(done) + ')' if done else ''}")
+    print(f"guest: kernel {parts.kernel_version}, base initramfs {parts.base.stat().st_size >> 20} MiB at {parts.base}")
+    print(f"guestkit deps took {time.monotonic() - t0:.1f} s")
+    return 0

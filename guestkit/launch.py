@@ -1,0 +1,175 @@
+"""`python -m guestkit run`: boot a guest, run one command, bring results/ back.
+
+Reads the console line by line: ordinary lines are echoed; file records from the agent
+(guestkit/agent.py) are verified and written under the host's results/ at once, so a
+guest that hangs and is killed at --timeout still leaves what it had sent.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import selectors
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import results as bench_results
+from bench.errors import UserError
+from guestkit import agent, image
+from guestkit.deps import find_parts
+from guestkit.paths import arch_cache
+from guestkit.qemu import Arch, GuestConfig
+
+TIMEOUT_EXIT = 124
+
+
+@dataclass
+class Receiver:
+    """Parses agent records out of the console stream and writes the files."""
+
+    results: Path
+    received: list[Path] = field(default_factory=list)
+    exit_code: int | None = None
+    ready_at: float | None = None
+    _record: tuple[str, int, str] | None = None
+    _lines: list[str] = field(default_factory=list)
+
+    def feed(self, line: str) -> str | None:
+        """Consume one console line; returns it when it is for the user to see."""
+        if self._record:
+            if line == agent.END:
+                self._finish()
+            else:
+                self._lines.append(line)
+            return None
+        if line.startswith(agent.FILE + " "):
+            _, rel, size, digest = line.split(" ", 3)
+            self._record = (rel, int(size), digest)
+            self._lines = []
+            return None
+        if line.startswith(agent.EXIT + " "):
+            self.exit_code = int(line.split()[1])
+            return line.split(" ", 2)[2] if line.count(" ") >= 2 else None
+        if line.startswith(agent.READY):
+            self.ready_at = time.monotonic()
+            return None
+        return line
+
+    def _finish(self) -> None:
+        rel, size, digest = self._record
+        self._record = None
+        data = base64.b64decode("".join(self._lines))
+        if len(data) != size or hashlib.sha256(data).hexdigest()[:16] != digest:
+            print(f"guestkit: {rel} arrived damaged ({len(data)} of {size} bytes); ignored", file=sys.stderr)
+            return
+        dest = (self.results / rel).resolve()
+        if self.results.resolve() not in dest.parents:
+            return  # never write outside results/
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.recv")
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+        if dest not in self.received:
+            self.received.append(dest)
+
+    def settle(self) -> list[Path]:
+        """Pair partial files with their finals: a finished run drops its partial, an
+        unfinished one is kept as <name>-partial.json (bench.results' convention)."""
+        kept = []
+        for path in self.received:
+            if not path.exists():
+                continue
+            if path.name.startswith(".") and path.name.endswith(".partial"):
+                final = path.with_name(path.name[1:].removesuffix(".partial"))
+                if final.exists():
+                    path.unlink()
+                    continue
+                path = bench_results.finalise(path, final, complete=False)
+            kept.append(path)
+        return kept
+
+
+def _job_initrd(arch: Arch, base: Path, job: dict, extra: dict[str, bytes] | None) -> Path:
+    overlay = image.build_job(arch, arch_cache(arch.name), job, extra)
+    fd, path = tempfile.mkstemp(prefix="initrd-", suffix=".cpio", dir=arch_cache(arch.name))
+    with os.fdopen(fd, "wb") as out, base.open("rb") as src:
+        while chunk := src.read(1 << 22):
+            out.write(chunk)
+        out.write(overlay)
+    return Path(path)
+
+
+def run(arch: Arch, argv: list[str], *, accel: str, timeout: float, results: Path, machine: str,
+        ivshmem_file: Path | None = None, ivshmem_bytes: int = 0, vfio: tuple[str, ...] = (),
+        memory_mb: int = 1024, show_command: bool = False, echo=print,
+        extra: dict[str, bytes] | None = None, setup: list[list[str]] | None = None) -> int:
+    """Boot, run argv in the guest, stream results back; returns the command's exit code."""
+    parts = find_parts(arch)
+    job = {"argv": argv, "machine": machine, "setup": setup or []}
+    initrd = _job_initrd(arch, parts.base, job, extra)
+    try:
+        cfg = GuestConfig(parts.kernel, initrd, accel=accel, memory_mb=memory_mb, ivshmem_file=ivshmem_file,
+                          ivshmem_bytes=ivshmem_bytes, vfio=vfio)
+        qemu_argv = arch.argv(cfg)
+        if show_command:
+            echo(" ".join(qemu_argv))
+        return _boot(qemu_argv, timeout, Receiver(results), echo)
+    finally:
+        initrd.unlink(missing_ok=True)
+
+
+def _boot(qemu_argv: list[str], timeout: float, rx: Receiver, echo) -> int:
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.Popen(qemu_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+    except FileNotFoundError:
+        raise UserError(f"{qemu_argv[0]} not found: run 'python -m guestkit deps'") from None
+    timed_out = _pump(proc, t0 + timeout, rx, echo)
+    kept = rx.settle()
+    wall = time.monotonic() - t0
+    boot = f", booted in {rx.ready_at - t0:.1f} s" if rx.ready_at else ""
+    echo(f"guestkit: guest ran {wall:.1f} s{boot}; {len(kept)} result file(s) back: "
+         + ", ".join(str(p) for p in kept))
+    if timed_out:
+        raise UserError(f"guest timed out after {timeout:.0f} s and was killed; kept {len(kept)} result file(s) "
+                        "(raise --timeout if it was just slow)", code=TIMEOUT_EXIT)
+    if rx.exit_code is None:
+        raise UserError(f"guest stopped (QEMU exit {proc.returncode}) before the command finished; "
+                        "see the console output above", code=3)
+    return rx.exit_code
+
+
+def _pump(proc: subprocess.Popen, deadline: float, rx: Receiver, echo) -> bool:
+    """Read the console until QEMU exits or the deadline; True if it timed out."""
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    buf = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            proc.kill()
+            proc.wait()
+            return True
+        if sel.select(timeout=min(left, 1.0)):
+            chunk = os.read(proc.stdout.fileno(), 1 << 16)
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                shown = rx.feed(raw.decode(errors="replace").rstrip("\r"))
+                if shown is not None:
+                    echo(shown)
+        if rx.exit_code is not None and proc.poll() is not None:
+            break
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return False

@@ -1,0 +1,113 @@
+"""QEMU command lines, built as argv lists (never a shell string), one class per arch."""
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.errors import UserError
+
+IVSHMEM_ADDR = 1  # ivshmem sits at 0000:00:01.0 in every guest, so tests can name it
+
+
+@dataclass(frozen=True)
+class GuestConfig:
+    """Everything that decides a guest's QEMU command line."""
+
+    kernel: Path
+    initrd: Path
+    accel: str = "tcg"                 # tcg | kvm
+    memory_mb: int = 1024
+    cpus: int = 2
+    ivshmem_file: Path | None = None
+    ivshmem_bytes: int = 0
+    vfio: tuple[str, ...] = ()
+    cmdline_extra: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Arch:
+    """One guest architecture: its Debian name, QEMU binary, machine and console."""
+
+    name = ""
+    debian = ""
+    qemu = ""
+    qemu_pkg = ""
+    cross_cc = ""
+    cross_pkg = ""
+    kernel_meta = ""
+    headers_meta = ""
+    console = ""
+    host_machines: tuple[str, ...] = ()
+
+    def machine_args(self, accel: str) -> list[str]:
+        raise NotImplementedError
+
+    def pci_bus(self) -> str:
+        raise NotImplementedError
+
+    def native(self) -> bool:
+        """True when the host runs this architecture (KVM possible, no cross compiler)."""
+        return platform.machine() in self.host_machines
+
+    def cmdline(self, cfg: GuestConfig) -> str:
+        words = [f"console={self.console}", "rdinit=/init", "quiet", "loglevel=3", "panic=-1"]
+        if cfg.accel == "tcg":
+            words.append("dmtbench.emulated=1")  # read back by bench.metadata.emulated()
+        return " ".join([*words, *cfg.cmdline_extra])
+
+    def argv(self, cfg: GuestConfig) -> list[str]:
+        """The full QEMU argv for cfg."""
+        if cfg.accel == "kvm" and not (self.native() and os.path.exists("/dev/kvm")):
+            raise UserError(f"--accel kvm needs an {self.name} host with /dev/kvm; use --accel tcg here")
+        argv = [self.qemu, *self.machine_args(cfg.accel), "-m", str(cfg.memory_mb), "-smp", str(cfg.cpus),
+                "-nographic", "-no-reboot", "-nic", "none",
+                "-kernel", str(cfg.kernel), "-initrd", str(cfg.initrd), "-append", self.cmdline(cfg)]
+        if cfg.ivshmem_file:
+            argv += ["-object", f"memory-backend-file,id=ivshmem0,size={cfg.ivshmem_bytes},"
+                                f"mem-path={cfg.ivshmem_file},share=on",
+                     "-device", f"ivshmem-plain,memdev=ivshmem0,bus={self.pci_bus()},addr={IVSHMEM_ADDR:#x}"]
+        for bdf in cfg.vfio:
+            argv += ["-device", f"vfio-pci,host={bdf}"]
+        return argv
+
+
+class Arm64(Arch):
+    name, debian, qemu, qemu_pkg = "arm64", "arm64", "qemu-system-aarch64", "qemu-system-arm"
+    cross_cc, cross_pkg = "aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"
+    kernel_meta, headers_meta, console = "linux-image-arm64", "linux-headers-arm64", "ttyAMA0"
+    host_machines = ("aarch64", "arm64")
+
+    def machine_args(self, accel: str) -> list[str]:
+        if accel == "kvm":
+            return ["-M", "virt,gic-version=host", "-cpu", "host", "-accel", "kvm"]
+        # -cpu max with multi-threaded TCG (-smp >= 2) models Device-memory alignment faults.
+        return ["-M", "virt", "-cpu", "max", "-accel", "tcg,thread=multi"]
+
+    def pci_bus(self) -> str:
+        return "pcie.0"
+
+
+class X86_64(Arch):
+    name, debian, qemu, qemu_pkg = "x86_64", "amd64", "qemu-system-x86_64", "qemu-system-x86"
+    cross_cc, cross_pkg = "x86_64-linux-gnu-gcc", "gcc-x86-64-linux-gnu"
+    kernel_meta, headers_meta, console = "linux-image-amd64", "linux-headers-amd64", "ttyS0"
+    host_machines = ("x86_64", "AMD64")
+
+    def machine_args(self, accel: str) -> list[str]:
+        if accel == "kvm":
+            return ["-M", "q35", "-cpu", "host", "-accel", "kvm"]
+        return ["-M", "q35", "-cpu", "max", "-accel", "tcg,thread=multi"]
+
+    def pci_bus(self) -> str:
+        return "pcie.0"
+
+
+ARCHES: dict[str, Arch] = {a.name: a for a in (Arm64(), X86_64())}
+
+
+def get_arch(name: str) -> Arch:
+    try:
+        return ARCHES[name]
+    except KeyError:
+        raise UserError(f"unknown guest arch {name!r}: use one of {', '.join(ARCHES)}") from None

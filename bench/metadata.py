@@ -54,7 +54,10 @@ def cpu_midr() -> str:
 
 
 def git_commit() -> str:
-    """The commit of the source tree we run from, or 'unknown' outside a checkout."""
+    """The commit of the source tree we run from ($DMTBENCH_COMMIT where guestkit copied
+    the tree into a guest), or 'unknown' outside a checkout."""
+    if os.environ.get("DMTBENCH_COMMIT"):
+        return os.environ["DMTBENCH_COMMIT"]
     top = Path(__file__).resolve().parent.parent
     if not (top / ".git").exists():
         return "unknown"

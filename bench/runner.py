@@ -6,7 +6,9 @@ exactly the case pyperf asks for (--worker-task N).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
 import os
 import time
 from pathlib import Path
@@ -65,8 +67,8 @@ def stage2_of(args, target: Target) -> str:
     """The declared stage 2, the target's own knowledge, 'none' on bare metal, else 'unknown'."""
     if args.stage2:
         return args.stage2 if args.stage2 in ("none", "unknown") else memtypes.canonical(args.stage2)
-    if metadata.system()["virt"] == "host":
-        return "none"
+    if metadata.system()["virt"] == "host" or metadata.emulated():
+        return "none"  # bare metal, or TCG: an emulated machine has no hypervisor stage 2
     return target.stage2_hint() or "unknown"
 
 
@@ -171,13 +173,14 @@ def _manager(runner: pyperf.Runner, cases: list[Case], target: Target, stage2: s
     partial = results.partial_path(final)
     partial.unlink(missing_ok=True)
     args.output = str(partial)  # pyperf appends each finished benchmark here
-    args.quiet = not args.verbose  # our own progress line replaces pyperf's
     failed, t0 = [], time.monotonic()
     for i, case in enumerate(cases, 1):
         print(f"[{i}/{len(cases)}] {case.name} ...", end=" ", flush=True)
         try:
-            bench = runner.bench_time_func(case.name, _never, inner_loops=case.units_per_loop,
-                                           metadata=case_metadata(case, target, stage2, fwb))
+            with contextlib.redirect_stdout(io.StringIO()) if not args.verbose else contextlib.nullcontext():
+                # pyperf's own per-benchmark line is in seconds per byte: ours replaces it.
+                bench = runner.bench_time_func(case.name, _never, inner_loops=case.units_per_loop,
+                                               metadata=case_metadata(case, target, stage2, fwb))
         except (RuntimeError, ValueError) as exc:
             runner._worker_task += 1  # pyperf skips its own increment when a worker fails
             failed.append(case.name)

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import metadata
 from bench import results as bench_results
 from bench.errors import UserError
 from guestkit import agent, image
@@ -109,7 +110,8 @@ def run(arch: Arch, argv: list[str], *, accel: str, timeout: float, results: Pat
         extra: dict[str, bytes] | None = None, setup: list[list[str]] | None = None) -> int:
     """Boot, run argv in the guest, stream results back; returns the command's exit code."""
     parts = find_parts(arch)
-    job = {"argv": argv, "machine": machine, "setup": setup or []}
+    job = {"argv": argv, "machine": machine, "setup": setup or [],
+           "env": {"DMTBENCH_COMMIT": metadata.git_commit()}}
     initrd = _job_initrd(arch, parts.base, job, extra)
     try:
         cfg = GuestConfig(parts.kernel, initrd, accel=accel, memory_mb=memory_mb, ivshmem_file=ivshmem_file,

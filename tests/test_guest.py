@@ -1,0 +1,98 @@
+"""The device path for real: an arm64 Debian guest under QEMU TCG with an ivshmem BAR.
+
+One boot runs the probes and a short run in the guest; the host then checks what came
+back (and the ivshmem backing file the guest wrote through the BAR)."""
+import json
+import time
+
+import pyperf
+import pytest
+
+from conftest import assert_one_line_error, run_cli
+
+pytestmark = pytest.mark.guest
+IVSHMEM = "pci:0000:00:01.0/2"
+GUEST_SCRIPT = f"""
+python -m bench probe --target {IVSHMEM} --json > results/probe-ivshmem.json
+python -m bench probe --target ram --json > results/probe-ram.json
+python -m bench run --target {IVSHMEM} --attr normal-nc --attr device-ngnre --fast \
+  --workload write-bw --workload read-bw --size 64KiB --label ivshmem
+"""
+
+
+@pytest.fixture(scope="session")
+def guest_ready():
+    proc = run_cli("deps", module="guestkit", timeout=1200)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def guest_run(guest_ready, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("guest")
+    shm = tmp / "ivshmem.bin"
+    t0 = time.monotonic()
+    proc = run_cli("run", "--arch", "arm64", "--accel", "tcg", "--ivshmem", "1MiB", "--ivshmem-file", str(shm),
+                   "--timeout", "300", "--results", str(tmp / "results"), "--", "sh", "-c", GUEST_SCRIPT,
+                   module="guestkit", timeout=400)
+    print(f"guest CI test: {time.monotonic() - t0:.1f} s wall")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    return tmp / "results", shm, proc
+
+
+def _outcomes(path):
+    data = json.loads(path.read_text())
+    return data, {(o["attr"], o["probe"]): o for o in data["outcomes"]}
+
+
+def test_unaligned_faults_on_device_ngnre_not_on_normal_nc(guest_run):
+    results, _, _ = guest_run
+    data, out = _outcomes(results / "probe-ivshmem.json")
+    assert data["arch"] == "arm64" and data["emulated"] is True
+    for probe in ("load8-unaligned", "store8-unaligned"):
+        assert (out["device-ngnre", probe]["result"], out["device-ngnre", probe]["code"]) == ("SIGBUS", "BUS_ADRALN")
+        assert out["normal-nc", probe]["result"] == "ok"
+    for probe in ("load8", "store8"):
+        assert out["device-ngnre", probe]["result"] == "ok"
+    assert data["inferred"] == {"device-ngnre": "device", "normal-nc": "normal"}
+    assert not [o for o in data["outcomes"] if o["agrees"] is False]
+
+
+def test_ram_probes_all_complete(guest_run):
+    results, _, _ = guest_run
+    data, out = _outcomes(results / "probe-ram.json")
+    assert out["normal", "load8-unaligned"]["result"] == "ok" and out["normal", "store8-unaligned"]["result"] == "ok"
+    assert data["inferred"] == {"normal": "normal"}
+
+
+def test_run_results_come_home_with_metadata(guest_run):
+    results, _, _ = guest_run
+    (path,) = (results / "qemu-arm64-tcg").glob("*-ivshmem.json")
+    suite = pyperf.BenchmarkSuite.load(str(path))
+    seen = {}
+    for bench in suite.get_benchmarks():
+        meta = bench.get_metadata()
+        assert meta["emulated"] == "true" and meta["target"] == IVSHMEM and meta["kernels_arch"] == "arm64"
+        assert meta["stage2"] == "none"  # TCG: no hypervisor stage 2
+        seen[meta["attr"]] = meta["effective_inferred"]
+    assert seen == {"normal-nc": "normal", "device-ngnre": "device"}
+    assert len(suite) == 4
+
+
+def test_guest_writes_reached_the_bar(guest_run):
+    _, shm, _ = guest_run
+    data = shm.read_bytes()
+    # write-bw stores 0x5a over the first 64 KiB of BAR2, which is this file.
+    assert data[: 64 << 10] == b"\x5a" * (64 << 10)
+
+
+def test_hung_guest_is_killed_and_keeps_results(guest_ready, tmp_path):
+    script = "mkdir -p results/m && echo '{}' > results/m/early.json && sleep 600"
+    proc = run_cli("run", "--timeout", "20", "--results", str(tmp_path), "--", "sh", "-c", script,
+                   module="guestkit", timeout=120)
+    assert_one_line_error(proc, 124, "timed out", "kept 1 result file")
+    assert (tmp_path / "m" / "early.json").read_text().strip() == "{}"
+
+
+def test_guest_command_exit_code_is_returned(guest_ready, tmp_path):
+    proc = run_cli("run", "--results", str(tmp_path), "--", "sh", "-c", "exit 7", module="guestkit", timeout=120)
+    assert proc.returncode == 7

@@ -1,0 +1,103 @@
+"""guestkit pieces that need no boot: the QEMU argv, the cpio writer, the record parser,
+the backports source derivation, and bad input."""
+import base64
+import hashlib
+import io
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench.errors import UserError
+from conftest import assert_one_line_error, run_cli
+from guestkit import agent, apt
+from guestkit.cpio import CpioWriter
+from guestkit.launch import Receiver
+from guestkit.qemu import GuestConfig, get_arch
+
+
+def test_arm64_tcg_argv_models_alignment_faults(tmp_path):
+    cfg = GuestConfig(Path("/k"), Path("/i"), ivshmem_file=tmp_path / "shm", ivshmem_bytes=1 << 20)
+    argv = get_arch("arm64").argv(cfg)
+    assert argv[0] == "qemu-system-aarch64"
+    joined = " ".join(argv)
+    assert "-cpu max" in joined and "-smp 2" in joined and "-nic none" in joined and "thread=multi" in joined
+    assert "dmtbench.emulated=1" in argv[argv.index("-append") + 1]
+    assert f"ivshmem-plain,memdev=ivshmem0,bus=pcie.0,addr=0x1" in argv
+    assert any(a.startswith("memory-backend-file") and "share=on" in a for a in argv)
+
+
+def test_kvm_refused_on_foreign_host():
+    with pytest.raises(UserError, match="--accel tcg"):
+        get_arch("arm64").argv(GuestConfig(Path("/k"), Path("/i"), accel="kvm"))
+
+
+def test_vfio_device_in_argv():
+    argv = get_arch("x86_64").argv(GuestConfig(Path("/k"), Path("/i"), vfio=("0000:01:00.0",)))
+    assert "vfio-pci,host=0000:01:00.0" in argv and "console=ttyS0" in " ".join(argv)
+
+
+@pytest.mark.skipif(shutil.which("cpio") is None, reason="needs the cpio tool")
+def test_cpio_is_readable_by_cpio_tool(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_bytes(b"hello")
+    (tmp_path / "d" / "l").symlink_to("f")
+    buf = io.BytesIO()
+    w = CpioWriter(buf)
+    w.add_tree(tmp_path / "d", "top")
+    w.close()
+    assert len(buf.getvalue()) % 512 == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["cpio", "-idm", "--quiet"], input=buf.getvalue(), cwd=out, check=True)
+    assert (out / "top/f").read_bytes() == b"hello" and (out / "top/l").readlink() == Path("f")
+
+
+def _record(rel: str, data: bytes) -> list[str]:
+    body = base64.encodebytes(data).decode().splitlines()
+    return [f"{agent.FILE} {rel} {len(data)} {hashlib.sha256(data).hexdigest()[:16]}", *body, agent.END]
+
+
+def test_receiver_writes_verified_files_and_settles_partials(tmp_path):
+    rx = Receiver(tmp_path)
+    shown = [rx.feed(line) for line in ["boot", *_record("m/a.json", b"{1}"), *_record("m/.b.json.partial", b"{2}"),
+                                         *_record("../evil", b"x"), f"{agent.EXIT} 0"]]
+    assert shown[0] == "boot" and rx.exit_code == 0
+    assert (tmp_path / "m/a.json").read_bytes() == b"{1}"
+    assert not (tmp_path.parent / "evil").exists()
+    kept = rx.settle()
+    assert (tmp_path / "m/b-partial.json").read_bytes() == b"{2}" and len(kept) == 2
+
+
+def test_receiver_rejects_damaged_record(tmp_path):
+    rx = Receiver(tmp_path)
+    lines = _record("x.json", b"payload")
+    lines[1] = "AAAA"
+    for line in lines:
+        rx.feed(line)
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_backports_source_derived_from_configured_mirror(tmp_path, monkeypatch):
+    d = tmp_path / "sources.list.d"
+    d.mkdir()
+    (d / "debian.sources").write_text("Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+                                      "Components: main\nSigned-By: /usr/share/keyrings/k.gpg\n\n"
+                                      "Types: deb\nURIs: http://sec.example/debian-security\nSuites: bookworm-security\n")
+    monkeypatch.setattr(apt, "SOURCES_DIR", d)
+    monkeypatch.setattr(apt, "BACKPORTS_FILE", d / "dmtbench-backports.sources")
+    monkeypatch.setattr(apt, "update", lambda: None)
+    assert apt.ensure_backports() == "bookworm-backports"
+    text = (d / "dmtbench-backports.sources").read_text()
+    assert "URIs: http://mirror.example/debian\n" in text and "Signed-By: /usr/share/keyrings/k.gpg" in text
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["run"], ["no command"]),
+    (["run", "--ivshmem", "1000", "--", "true"], ["power of two"]),
+    (["run", "--accel", "kvm", "--", "true"], ["--accel tcg"]),
+    (["run", "--arch", "arm64", "--ivshmem", "big", "--", "true"], ["bad size"]),
+])
+def test_guestkit_bad_input(args, needles):
+    assert_one_line_error(run_cli(*args, module="guestkit"), 2, *needles)

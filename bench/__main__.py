@@ -13,6 +13,10 @@ COMMANDS = {
     "targets": "list targets and which attributes each can give",
     "combine": "effective memory type of a stage-1 and a stage-2 attribute",
     "probe": "semantic probes (alignment, DC ZVA, exclusives, atomics) per attribute",
+    "compare": "compare runs: change, 95% CI and significance per benchmark (analysis)",
+    "report": "one run across attributes, relative to a reference attribute (analysis)",
+    "plot": "PNG plots of one or more runs (analysis)",
+    "track": "regression tracking over a machine's results; exit 1 on a regression (analysis)",
     "selfcheck": "compare our RAM kernels with likwid-bench and an independent chase",
 }
 
@@ -92,20 +96,38 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def analysis_handler(cmd: str):
+    """The analysis command `cmd`.  Imported by name at call time: analysis sits above
+    bench (it imports bench), so bench only dispatches to it and never imports it."""
+    import importlib
+
+    return importlib.import_module("analysis.cli").COMMANDS[cmd]
+
+
+ANALYSIS = ("compare", "report", "plot", "track")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
-    if cmd not in HANDLERS:
-        print(f"error: unknown command {cmd!r}; commands: {', '.join(HANDLERS)}", file=sys.stderr)
+    if cmd in ANALYSIS:
+        handler = analysis_handler(cmd)
+    elif cmd in HANDLERS:
+        handler = HANDLERS[cmd]
+    else:
+        print(f"error: unknown command {cmd!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     try:
-        return HANDLERS[cmd](rest)
+        return handler(rest)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("error: interrupted; finished cases were kept in results/ (-partial.json)", file=sys.stderr)
         return 130

@@ -1,0 +1,81 @@
+"""`compare A.json B.json [...]`: what changed between runs, benchmark by benchmark."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from analysis import stats
+from analysis.load import Run
+from analysis.tables import Section, Table
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    workload: str
+    unit: str
+    change: stats.Change
+    higher_is_better: bool
+
+    @property
+    def verdict(self) -> str:
+        if not self.change.significant:
+            return "same"
+        return "better" if (self.change.ratio > 1) == self.higher_is_better else "worse"
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}" if abs(v) < 1000 else f"{v:.0f}"
+
+
+def _pct(r: float) -> str:
+    return f"{(r - 1) * 100:+.1f}%"
+
+
+def header(runs: list[Run]) -> str:
+    """One line: machine, kernels, attrs, method."""
+    base, new = runs[0], runs[-1]
+    machines = " -> ".join(dict.fromkeys(r.meta.get("machine", "?") for r in (base, new)))
+    kernels = " -> ".join(dict.fromkeys(r.meta.get("kernel_release", "?") for r in (base, new)))
+    attrs = ",".join(dict.fromkeys(s.attr for r in (base, new) for s in r.series.values()))
+    emu = " (EMULATED)" if any(r.emulated for r in runs) else ""
+    return f"{machines} | {kernels} | {attrs}{emu} | {stats.METHOD}"
+
+
+def rows(base: Run, new: Run, alpha: float) -> list[Row]:
+    out = []
+    for name, a in base.series.items():
+        b = new.series.get(name)
+        if b is not None:
+            out.append(Row(name, a.workload, a.unit, stats.compare(a.values, b.values, alpha), a.higher_is_better))
+    return out
+
+
+def table(runs: list[Run], alpha: float = 0.05) -> Table:
+    """Compare the first run (base) with each later one."""
+    base = runs[0]
+    sections, data, notes = [], {"comparisons": []}, []
+    for new in runs[1:]:
+        rs = rows(base, new, alpha)
+        groups: dict[str, list[Row]] = {}
+        for r in rs:
+            groups.setdefault(r.workload, []).append(r)
+        for workload, grp in groups.items():
+            better = "higher" if grp[0].higher_is_better else "lower"
+            title = f"{workload} ({grp[0].unit}, {better} is better)" + (f" vs {new.path.name}" if len(runs) > 2 else "")
+            body = [[r.name.removeprefix(workload), _fmt(r.change.base.median), _fmt(r.change.new.median),
+                     _pct(r.change.ratio), f"{(r.change.lo - 1) * 100:+.1f}..{(r.change.hi - 1) * 100:+.1f}", r.verdict] for r in grp]
+            gm = stats.geomean([r.change.ratio for r in grp])
+            sections.append(Section(title, body, ["geomean", "", "", _pct(gm), "", ""]))
+            data["comparisons"].append({"new": str(new.path), "workload": workload, "geomean_ratio": gm,
+                                        "rows": [{**asdict(r.change), "name": r.name, "unit": r.unit,
+                                                  "verdict": r.verdict} for r in grp]})
+        only_base = sorted(set(base.series) - set(new.series))
+        only_new = sorted(set(new.series) - set(base.series))
+        if only_base:
+            notes.append(f"only in {base.path.name}: {', '.join(only_base)}")
+        if only_new:
+            notes.append(f"only in {new.path.name}: {', '.join(only_new)}")
+        data.setdefault("only_base", {})[str(new.path)] = only_base
+        data.setdefault("only_new", {})[str(new.path)] = only_new
+    data["base"] = str(base.path)
+    return Table(header(runs), ["benchmark", "base", "new", "change", "95% CI %", "verdict"], sections, notes, data)

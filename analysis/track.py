@@ -1,0 +1,137 @@
+"""`track DIR`: has the newest run regressed against the runs before it?
+
+Method (defaults chosen on this project's reference VM, where run-to-run medians of the
+RAM kernels move by 1-3%): the baseline is the WINDOW runs before the newest; its centre
+is the median of their per-run medians and its noise is 3 robust standard deviations of
+those medians (1.4826 x MAD).  A benchmark regressed when the newest median is worse than
+the centre by more than max(THRESHOLD %, noise) AND a Mann-Whitney U test of the newest
+values against the pooled baseline values gives p < ALPHA.  Requiring both keeps one
+noisy run from flagging (the band) and a tiny but consistent shift from flagging (the
+threshold).  Exit status 1 when anything regressed (for nightly gating), else 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy import stats as sps  # noqa: E402
+
+from analysis import stats  # noqa: E402
+from analysis.load import Run, load_many  # noqa: E402
+from analysis.tables import Section, Table  # noqa: E402
+from bench.errors import UserError  # noqa: E402
+
+WINDOW = 5
+THRESHOLD = 3.0
+ALPHA = 0.01
+MIN_BASELINE = 2
+
+
+@dataclass(frozen=True)
+class Movement:
+    name: str
+    unit: str
+    center: float
+    newest: float
+    band: float          # percent
+    p: float
+    verdict: str         # regressed | improved | steady
+    history: tuple       # (date, median, lo, hi) per run, oldest first
+
+    @property
+    def percent(self) -> float:
+        return (self.newest / self.center - 1) * 100
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    runs: list[Run]
+    movements: list[Movement]
+    table: Table
+
+    @property
+    def regressions(self) -> list[Movement]:
+        return [m for m in self.movements if m.verdict == "regressed"]
+
+
+def history(directory: Path, allow_emulated: bool) -> list[Run]:
+    """Every complete result in DIR, oldest first."""
+    if not directory.is_dir():
+        raise UserError(f"{directory} is not a directory: pass results/<machine>/")
+    files = [p for p in sorted(directory.glob("*.json")) if not p.name.endswith("-partial.json")]
+    if len(files) < MIN_BASELINE + 1:
+        raise UserError(f"{directory} has {len(files)} complete runs; tracking needs at least {MIN_BASELINE + 1}")
+    return sorted(load_many(files, allow_emulated), key=lambda r: r.date)
+
+
+def _move(name: str, runs: list[Run], window: int, threshold: float, alpha: float) -> Movement | None:
+    newest = runs[-1].series[name]
+    base = [r.series[name] for r in runs[-1 - window:-1] if name in r.series]
+    if len(base) < MIN_BASELINE:
+        return None
+    medians = np.array([np.median(s.values) for s in base])
+    center = float(np.median(medians))
+    noise = 3 * 1.4826 * float(np.median(np.abs(medians - center))) / center * 100
+    band = max(threshold, noise)
+    new_med = float(np.median(newest.values))
+    pooled = np.concatenate([s.values for s in base])
+    p = float(sps.mannwhitneyu(pooled, newest.values, alternative="two-sided").pvalue)
+    pct = (new_med / center - 1) * 100
+    worse = pct < 0 if newest.higher_is_better else pct > 0
+    verdict = "steady"
+    if abs(pct) > band and p < alpha:
+        verdict = "regressed" if worse else "improved"
+    hist = []
+    for r in runs:
+        if name in r.series:
+            e = stats.estimate(r.series[name].values)
+            hist.append((r.date, e.median, e.lo, e.hi))
+    return Movement(name, newest.unit, center, new_med, band, p, verdict, tuple(hist))
+
+
+def track(directory: Path, window: int = WINDOW, threshold: float = THRESHOLD, alpha: float = ALPHA,
+          allow_emulated: bool = False) -> TrackResult:
+    runs = history(directory, allow_emulated)
+    moves = [m for name in runs[-1].series if (m := _move(name, runs, window, threshold, alpha))]
+    rows = [[m.name, f"{m.center:.4g}", f"{m.newest:.4g}", f"{m.percent:+.1f}%", f"{m.band:.1f}%",
+             f"{m.p:.3f}", m.verdict] for m in moves if m.verdict != "steady"]
+    header = (f"{runs[-1].describe()} | newest {runs[-1].path.name} vs {min(window, len(runs) - 1)} runs | "
+              f"band max({threshold:g}%, 3 robust sd), MWU p<{alpha:g}")
+    notes = [f"{sum(m.verdict == 'steady' for m in moves)} of {len(moves)} benchmarks steady"]
+    data = {"newest": str(runs[-1].path), "movements": [
+        {"name": m.name, "unit": m.unit, "baseline": m.center, "newest": m.newest, "percent": m.percent,
+         "band": m.band, "p": m.p, "verdict": m.verdict} for m in moves]}
+    table = Table(header, ["benchmark", "baseline", "newest", "change", "band", "p", "verdict"],
+                  [Section("moved:" if rows else "nothing moved", rows)], notes, data)
+    return TrackResult(runs, moves, table)
+
+
+def plot_trends(result: TrackResult, out: Path) -> list[Path]:
+    """One PNG per regressed benchmark: per-run medians with CIs and the baseline band."""
+    paths = []
+    for m in result.regressions:
+        out.mkdir(parents=True, exist_ok=True)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        x = np.arange(len(m.history))
+        med = np.array([h[1] for h in m.history])
+        err = [med - [h[2] for h in m.history], [h[3] for h in m.history] - med]
+        ax.errorbar(x, med, yerr=err, marker="o", capsize=3, label="run median, 95% CI")
+        lo, hi = m.center * (1 - m.band / 100), m.center * (1 + m.band / 100)
+        ax.axhspan(lo, hi, color="green", alpha=0.15, label=f"baseline +-{m.band:.1f}%")
+        ax.plot([x[-1]], [med[-1]], "rs", markersize=10, label=f"newest: {m.percent:+.1f}% (p={m.p:.3g})")
+        ax.set_xticks(x, [h[0][5:16].replace("T", " ") for h in m.history], rotation=30, ha="right", fontsize=7)
+        ax.set_xlabel("run start (UTC)")
+        ax.set_ylabel(m.unit)
+        ax.set_title(f"regression: {m.name}", fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / (m.name.replace("/", "_").replace("@", "_at_") + ".png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -96,7 +96,13 @@ def _move(name: str, runs: list[Run], window: int, threshold: float, alpha: floa
 
 def track(directory: Path, window: int = WINDOW, threshold: float = THRESHOLD, alpha: float = ALPHA,
           allow_emulated: bool = False) -> TrackResult:
-    runs = history(directory, allow_emulated)
+    """Track the results in a directory (see the module docstring for the method)."""
+    return track_runs(history(directory, allow_emulated), window, threshold, alpha)
+
+
+def track_runs(runs: list[Run], window: int = WINDOW, threshold: float = THRESHOLD,
+               alpha: float = ALPHA) -> TrackResult:
+    """The newest of `runs` (oldest first) against the `window` runs before it."""
     moves = [m for name in runs[-1].series if (m := _move(name, runs, window, threshold, alpha))]
     rows = [[m.name, f"{m.center:.4g}", f"{m.newest:.4g}", f"{m.percent:+.1f}%", f"{m.band:.1f}%",
              f"{m.p:.3f}", m.verdict] for m in moves if m.verdict != "steady"]

@@ -33,6 +33,7 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", type=int, default=1024, help="guest RAM in MiB")
     p.add_argument("--results", type=Path, default=Path("results"), help="host results root (default ./results)")
     p.add_argument("--machine", help="guest machine name, i.e. results/<machine>/ (default qemu-<arch>-<accel>)")
+    p.add_argument("--kmod", action="store_true", help="build the dmattr module for the guest kernel and insmod it")
     p.add_argument("--show-command", action="store_true", help="print the QEMU command line")
     p.add_argument("command", nargs=argparse.REMAINDER)
     return p
@@ -63,23 +64,49 @@ def cmd_run(argv: list[str]) -> int:
     if shm_file is not None:
         with open(shm_file, "ab") as f:
             f.truncate(size)
+    extra, setup = {}, []
+    if args.kmod:
+        from guestkit import kmod
+
+        extra["dmattr.ko"] = kmod.build(arch, guest_kernel(arch)).read_bytes()
+        setup.append(["insmod", "/dmtbench/dmattr.ko"])
     try:
         return launch.run(arch, command, accel=accel, timeout=args.timeout, results=args.results,
                           machine=args.machine or f"qemu-{arch.name}-{accel}", ivshmem_file=shm_file,
                           ivshmem_bytes=size, vfio=tuple(args.vfio), memory_mb=args.memory,
-                          show_command=args.show_command)
+                          show_command=args.show_command, extra=extra, setup=setup)
     finally:
         if temp:
             temp.unlink(missing_ok=True)
 
 
-HANDLERS = {"deps": cmd_deps, "run": cmd_run}
+def cmd_kmod(argv: list[str]) -> int:
+    from guestkit import kmod
+
+    p = argparse.ArgumentParser(prog="python -m guestkit kmod", description=kmod.__doc__.splitlines()[0])
+    p.add_argument("action", choices=["build"])
+    p.add_argument("--kernel", help="Debian kernel version (e.g. 6.1.0-56-arm64) or a headers directory; "
+                                    "default: the guest kernel from 'deps'")
+    p.add_argument("--arch", default="arm64", choices=list(ARCHES))
+    args = p.parse_args(argv)
+    arch = get_arch(args.arch)
+    print(kmod.build(arch, args.kernel or guest_kernel(arch)))
+    return 0
+
+
+def guest_kernel(arch) -> str:
+    from guestkit.deps import find_parts
+
+    return find_parts(arch).kernel_version
+
+
+HANDLERS = {"deps": cmd_deps, "run": cmd_run, "kmod": cmd_kmod}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in HANDLERS:
-        print("usage: python -m guestkit {deps,run} ...  (-h on each for options)", file=sys.stderr)
+        print("usage: python -m guestkit {deps,run,kmod} ...  (-h on each for options)", file=sys.stderr)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     try:
         return HANDLERS[argv[0]](argv[1:])

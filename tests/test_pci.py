@@ -102,4 +102,4 @@ def test_probe_refuses_register_bar_without_flag(sysfs):
 
 def test_targets_lists_scratch_bars_only(sysfs):
     proc = run_cli("targets", env={"DMTBENCH_SYSFS_PCI": str(sysfs)})
-    assert "pci:0000:00:01.0/2: ivshmem" in proc.stdout and "0000:00:02.0" not in proc.stdout
+    assert "pci:0000:00:01.0/2: ivshmem shared memory" in proc.stdout and "0000:00:02.0" not in proc.stdout

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from bench.errors import UserError
 from bench.targets.base import Availability, Mapping, Target
+from bench.targets.kmod import KmodTarget, device_path
 from bench.targets.pci import SCRATCH, PciTarget, read_bars, sysfs_root
 from bench.targets.ram import RamTarget
 
@@ -13,6 +14,8 @@ SPECS = {
     "ram": "host RAM, anonymous and pre-faulted (default)",
     "ram:thp": "host RAM on transparent huge pages",
     "pci:<BDF>/<bar>": "a PCI BAR through sysfs resourceN / resourceN_wc",
+    "kmod": "a contiguous kernel buffer with any attribute (guestkit dmattr module)",
+    "kmod:pci:<BDF>/<bar>": "a PCI BAR with any attribute (guestkit dmattr module)",
 }
 
 
@@ -22,13 +25,15 @@ def open_target(spec: str, allow_reads: bool = False, allow_writes: bool = False
         return RamTarget(thp=spec == "ram:thp")
     if spec.startswith("pci:"):
         return PciTarget(spec, allow_reads, allow_writes)
+    if spec == "kmod" or spec.startswith("kmod:pci:"):
+        return KmodTarget(spec, allow_reads, allow_writes)
     raise UserError(f"unknown target {spec!r}: use one of {', '.join(SPECS)}")
 
 
 def discover() -> list[str]:
     """Target specs worth listing here: RAM, and every memory BAR of known scratch devices
     (other BARs are listed only when named: --target pci:<BDF>/<bar>)."""
-    specs = ["ram", "ram:thp"]
+    specs = ["ram", "ram:thp"] + (["kmod"] if device_path().exists() else [])
     root = sysfs_root()
     for dev in sorted(root.iterdir()) if root.is_dir() else []:
         try:
@@ -36,12 +41,13 @@ def discover() -> list[str]:
             bars = read_bars(dev)
         except (OSError, ValueError):
             continue
-        if ids in SCRATCH:
-            specs += [f"pci:{dev.name}/{i}" for i, b in enumerate(bars) if b.size and b.is_mem]
+        specs += [f"pci:{dev.name}/{i}" for i, b in enumerate(bars) if b.size and b.is_mem and (*ids, i) in SCRATCH]
     return specs
 
 
 def describe(target: Target) -> str:
     if isinstance(target, PciTarget):
         return target.describe()
+    if isinstance(target, KmodTarget) and target.pci:
+        return "dmattr over " + target.pci.describe()
     return SPECS.get(target.spec, target.spec)

@@ -16,12 +16,14 @@ from pathlib import Path
 
 from bench import memtypes
 from bench.errors import UserError
+from bench.units import format_size
 from bench.targets.base import Availability, Mapping, Target, map_memory
 
 IORESOURCE_MEM = 0x200
 IORESOURCE_PREFETCH = 0x2000
-# (vendor, device) of devices whose BARs are plain scratch memory: safe to read and write.
-SCRATCH = {(0x1AF4, 0x1110): "ivshmem (QEMU inter-VM shared memory)"}
+# (vendor, device, BAR) that are plain scratch memory: safe to read and write.  ivshmem's
+# BAR0 holds its registers (doorbell, interrupt mask), so only BAR2 is listed.
+SCRATCH = {(0x1AF4, 0x1110, 2): "ivshmem shared memory (QEMU)"}
 FILES = {"device-ngnre": "resource{n}", "normal-nc": "resource{n}_wc"}
 _BDF = re.compile(r"^(?:([0-9a-f]{4}):)?([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$")
 
@@ -83,15 +85,21 @@ class PciTarget(Target):
         self.bar = bars[self.index]
         if not self.bar.is_mem:
             raise UserError(f"{self.spec} is an I/O-port BAR, not memory: pick a memory BAR")
-        ids = (int((self.dev / "vendor").read_text(), 16), int((self.dev / "device").read_text(), 16))
+        ids = (int((self.dev / "vendor").read_text(), 16), int((self.dev / "device").read_text(), 16), self.index)
         self.scratch = SCRATCH.get(ids)
         self.allow_reads = allow_reads or bool(self.scratch)
         self.allow_writes = allow_writes or bool(self.scratch)
 
+    def bdf_numbers(self) -> tuple[int, int, int]:
+        """(domain, bus, devfn) as the kernel numbers them."""
+        dom, bus, rest = self.bdf.split(":")
+        dev, fn = rest.split(".")
+        return int(dom, 16), int(bus, 16), int(dev, 16) << 3 | int(fn)
+
     def describe(self) -> str:
         kind = self.scratch or "device BAR (not known scratch memory)"
         pf = "prefetchable" if self.bar.prefetchable else "non-prefetchable"
-        return f"{kind}, {self.bar.size >> 10} KiB {pf}"
+        return f"{kind}, {format_size(self.bar.size)} {pf}"
 
     def availability(self) -> list[Availability]:
         out = []

@@ -65,10 +65,14 @@ def table(runs: list[Run], alpha: float = 0.05) -> Table:
             body = [[r.name.removeprefix(workload), _fmt(r.change.base.median), _fmt(r.change.new.median),
                      _pct(r.change.ratio), f"{(r.change.lo - 1) * 100:+.1f}..{(r.change.hi - 1) * 100:+.1f}", r.verdict] for r in grp]
             gm = stats.geomean([r.change.ratio for r in grp])
-            sections.append(Section(title, body, ["geomean", "", "", _pct(gm), "", ""]))
+            summary = ["geomean", "", "", _pct(gm), "", ""] if len(grp) > 1 else None
+            sections.append(Section(title, body, summary))
             data["comparisons"].append({"new": str(new.path), "workload": workload, "geomean_ratio": gm,
                                         "rows": [{**asdict(r.change), "name": r.name, "unit": r.unit,
                                                   "verdict": r.verdict} for r in grp]})
+        if rs:
+            notes.append(f"geomean of all {len(rs)} ratios new/base: {_pct(stats.geomean([r.change.ratio for r in rs]))}"
+                         " (latency up = worse)")
         only_base = sorted(set(base.series) - set(new.series))
         only_new = sorted(set(new.series) - set(base.series))
         if only_base:

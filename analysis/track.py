@@ -30,6 +30,7 @@ WINDOW = 5
 THRESHOLD = 3.0
 ALPHA = 0.01
 MIN_BASELINE = 2
+SIGMAS = 3.0  # band half-width in robust standard deviations of the baseline run medians
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def _move(name: str, runs: list[Run], window: int, threshold: float, alpha: floa
         return None
     medians = np.array([np.median(s.values) for s in base])
     center = float(np.median(medians))
-    noise = 3 * 1.4826 * float(np.median(np.abs(medians - center))) / center * 100
+    noise = SIGMAS * 1.4826 * float(np.median(np.abs(medians - center))) / center * 100
     band = max(threshold, noise)
     new_med = float(np.median(newest.values))
     pooled = np.concatenate([s.values for s in base])
@@ -106,9 +107,9 @@ def track_runs(runs: list[Run], window: int = WINDOW, threshold: float = THRESHO
     moves = [m for name in runs[-1].series if (m := _move(name, runs, window, threshold, alpha))]
     rows = [[m.name, f"{m.center:.4g}", f"{m.newest:.4g}", f"{m.percent:+.1f}%", f"{m.band:.1f}%",
              f"{m.p:.3f}", m.verdict] for m in moves if m.verdict != "steady"]
-    header = (f"{runs[-1].describe()} | newest {runs[-1].path.name} vs {min(window, len(runs) - 1)} runs | "
-              f"band max({threshold:g}%, 3 robust sd), MWU p<{alpha:g}")
-    notes = [f"{sum(m.verdict == 'steady' for m in moves)} of {len(moves)} benchmarks steady"]
+    header = f"{runs[-1].describe()} | {runs[-1].path.name} vs {min(window, len(runs) - 1)} runs before"
+    notes = [f"{sum(m.verdict == 'steady' for m in moves)} of {len(moves)} benchmarks steady",
+             f"moved: beyond max({threshold:g}%, {SIGMAS:g} robust sd) and MWU p<{alpha:g}"]
     data = {"newest": str(runs[-1].path), "movements": [
         {"name": m.name, "unit": m.unit, "baseline": m.center, "newest": m.newest, "percent": m.percent,
          "band": m.band, "p": m.p, "verdict": m.verdict} for m in moves]}

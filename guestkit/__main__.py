@@ -95,9 +95,10 @@ def cmd_kmod(argv: list[str]) -> int:
 
 
 def guest_kernel(arch) -> str:
-    from guestkit.deps import find_parts
+    """The kernel version the guest boots (Debian's current one for arch)."""
+    from guestkit import deps
 
-    return find_parts(arch).kernel_version
+    return deps.guest_apt(arch).depends_on(arch.kernel_meta).removeprefix("linux-image-")
 
 
 HANDLERS = {"deps": cmd_deps, "run": cmd_run, "kmod": cmd_kmod}

@@ -38,3 +38,11 @@ QUICK = ("-p", "1", "-n", "2", "-w", "0", "--min-time", "0.005")
 @pytest.fixture
 def results_dir(tmp_path: Path) -> Path:
     return tmp_path / "results"
+
+
+@pytest.fixture(scope="session")
+def guest_ready():
+    """`python -m guestkit deps` (idempotent): the README's test command sets up the guest
+    path itself on a fresh machine."""
+    proc = run_cli("deps", module="guestkit", timeout=1200)
+    assert proc.returncode == 0, proc.stderr

@@ -20,12 +20,6 @@ python -m bench run --target {IVSHMEM} --attr normal-nc --attr device-ngnre --fa
 """
 
 
-@pytest.fixture(scope="session")
-def guest_ready():
-    proc = run_cli("deps", module="guestkit", timeout=1200)
-    assert proc.returncode == 0, proc.stderr
-
-
 @pytest.fixture(scope="module")
 def guest_run(guest_ready, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("guest")

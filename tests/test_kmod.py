@@ -14,9 +14,9 @@ NORMAL = {"normal-nc", "normal"}
 MISSING = {"device-ngre", "device-gre", "normal-wt"}  # no MAIR slot / protection in Linux 6.1 arm64
 GUEST_SCRIPT = """
 python -m bench targets --target kmod > results/targets-kmod.txt
+python -m bench run --target kmod --attr device-gre 2> results/refused.txt
 python -m bench probe --target kmod --json > results/probe-kmod.json
 python -m bench run --target kmod --fast --workload write-bw --workload read-bw --size 64KiB --label kmod
-python -m bench run --target kmod --attr device-gre 2> results/refused.txt
 """
 
 

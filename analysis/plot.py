@@ -22,8 +22,13 @@ from bench.errors import UserError  # noqa: E402
 
 
 def _tag(run: Run, runs: list[Run]) -> str:
-    """Tell runs apart in legends by their start stamp (file names begin with it)."""
-    return "" if len(runs) == 1 else f"{run.path.stem[:16]} "
+    """Tell runs apart in legends: by their --label (file names are <stamp>-<label>)
+    where labels differ, else by the start stamp."""
+    if len(runs) == 1:
+        return ""
+    labels = [r.path.stem.partition("-")[2] for r in runs]
+    unique = len(set(labels)) == len(labels) and all(labels)
+    return f"{run.path.stem.partition('-')[2] if unique else run.path.stem[:16]} "
 
 
 def _title_suffix(runs: list[Run]) -> str:
@@ -88,6 +93,8 @@ def sweep(workload: str, lines: dict[str, list[Series]], runs: list[Run], out: P
                     marker="o", capsize=3, label=name)
     unit = next(iter(lines.values()))[0].unit
     ax.set_xscale("log", base=2)
+    if unit == "ns":
+        ax.set_yscale("log")  # latency spans L1 (~1 ns) to DRAM (~100 ns)
     ax.set_xlabel("mapping size (bytes, log scale)")
     ax.set_ylabel(unit)
     ax.set_title(f"{workload} vs size\n{_title_suffix(runs)}", fontsize=9)

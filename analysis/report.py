@@ -25,7 +25,8 @@ def table(run: Run, ref: str = "device-ngnre") -> Table:
         by_attr = {a: run.series.get(f"{label}@{a}") for a in order}
         base = by_attr[ref]
         base_est = stats.estimate(base.values) if base is not None else None
-        cells, rec = [label], {"benchmark": label}
+        some = next(s for s in by_attr.values() if s is not None)
+        cells, rec = [label.removeprefix(some.workload)], {"benchmark": label}
         for a in order:
             s = by_attr[a]
             if s is None:
@@ -38,7 +39,6 @@ def table(run: Run, ref: str = "device-ngnre") -> Table:
             else:
                 rec[a]["ratio"] = est.median / base_est.median
                 cells.append(f"{est.median / base_est.median:.2f}x")
-        some = next(s for s in by_attr.values() if s is not None)
         groups.setdefault(f"{some.workload} ({'higher' if some.higher_is_better else 'lower'} is better)", []).append(cells)
         data_rows.append(rec)
     for a in order:

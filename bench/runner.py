@@ -114,6 +114,18 @@ class CaseTimer:
     def __call__(self, loops: int) -> float:
         return self._check(kernels.lib().dmt_run(self.case.kernel.index, self._ref, loops)) * 1e-9
 
+    def close(self) -> None:
+        """Unmap what the timer opened (a pyperf worker just exits; in-process users close)."""
+        for m in (self.mapping, self.ram):
+            if m is not None:
+                m.close()
+
+    def __enter__(self) -> "CaseTimer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def inferred_class(mapping: Mapping, target: Target) -> str:
     """Device or normal, as the unaligned-load probe sees it (RAM: known, no probe)."""

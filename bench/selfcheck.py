@@ -45,10 +45,10 @@ def pairs(isa: str) -> list[Pair]:
 def ours_gbs(workload: str, params: tuple[str, ...], size: int, min_time: float) -> float:
     """One timed value of our kernel, like a pyperf value: loops calibrated to min_time."""
     case = plan.build(["normal"], [workload], list(params), [str(size)])[0]
-    timer = CaseTimer(case, open_target("ram"))
-    loops = 1
-    while (t := timer(loops)) < min_time:
-        loops *= 2
+    with CaseTimer(case, open_target("ram")) as timer:
+        loops = 1
+        while (t := timer(loops)) < min_time:
+            loops *= 2
     return case.units_per_loop * loops / t / 1e9
 
 
@@ -64,11 +64,11 @@ def likwid_gbs(test: str, size: int, streams: int, iters: int) -> float:
 
 def chase_ns(size: int, min_time: float) -> float:
     case = plan.build(["normal"], ["read-lat"], [], [str(size)])[0]
-    timer = CaseTimer(case, open_target("ram"))
-    timer(1 << 20)  # warm up, as the reference does
-    loops = 1 << 20
-    while (t := timer(loops)) < min_time:
-        loops *= 2
+    with CaseTimer(case, open_target("ram")) as timer:
+        timer(1 << 20)  # warm up, as the reference does
+        loops = 1 << 20
+        while (t := timer(loops)) < min_time:
+            loops *= 2
     return t / loops * 1e9
 
 
@@ -85,11 +85,11 @@ def reference_chase(size: int, seconds: float) -> float:
 def overhead(min_time: float = 0.1) -> str:
     """What the harness adds to one pyperf value: the ctypes call (outside the kernel's
     own clock) and the fence+clock bracket inside it, against a min_time value."""
-    timer = CaseTimer(plan.build(["normal"], ["doorbell"], [], [])[0], open_target("ram"))
     reps = 20000
-    t0 = time.perf_counter_ns()
-    inside = sum(timer(1) for _ in range(reps)) * 1e9
-    call_ns = (time.perf_counter_ns() - t0 - inside) / reps
+    with CaseTimer(plan.build(["normal"], ["doorbell"], [], [])[0], open_target("ram")) as timer:
+        t0 = time.perf_counter_ns()
+        inside = sum(timer(1) for _ in range(reps)) * 1e9
+        call_ns = (time.perf_counter_ns() - t0 - inside) / reps
     bracket_ns = kernels.lib().dmt_timer_overhead(reps) / reps / 2
     value_ns = min_time * 1e9
     return (f"overhead: ctypes call {call_ns:.0f} ns per value ({call_ns / value_ns * 100:.5f}% of a "

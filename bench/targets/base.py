@@ -87,7 +87,13 @@ def map_memory(size: int, prot: int, flags: int, fd: int = -1) -> tuple[int, Cal
     if ptr in (None, MAP_FAILED):
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    return ptr, lambda: _libc.munmap(ptr, size)
+    mapped = [True]
+
+    def unmap() -> None:  # idempotent: a second munmap could hit a later mapping
+        if mapped.pop() if mapped else False:
+            _libc.munmap(ptr, size)
+
+    return ptr, unmap
 
 
 def madvise(ptr: int, size: int, advice: int) -> None:

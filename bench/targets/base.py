@@ -87,10 +87,11 @@ def map_memory(size: int, prot: int, flags: int, fd: int = -1) -> tuple[int, Cal
     if ptr in (None, MAP_FAILED):
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    mapped = [True]
+    state = {"mapped": True}
 
     def unmap() -> None:  # idempotent: a second munmap could hit a later mapping
-        if mapped.pop() if mapped else False:
+        if state["mapped"]:
+            state["mapped"] = False
             _libc.munmap(ptr, size)
 
     return ptr, unmap

@@ -43,9 +43,10 @@ def text(t: Table) -> str:
     widths[0] = min(widths[0], TEXT_WIDTH - rest)
 
     def line(cells: list[str], indent: str = "  ") -> str:
-        first = _fit(cells[0], widths[0]).ljust(widths[0])
         others = "  ".join(c.rjust(w) for c, w in zip(cells[1:], widths[1:]))
-        return (indent + first + "  " + others).rstrip()
+        if len(cells[0]) > widths[0]:  # a long name gets its own line rather than a cut
+            return f"{indent}{_fit(cells[0], TEXT_WIDTH - len(indent))}\n{indent}{'':<{widths[0]}}  {others}".rstrip()
+        return (indent + cells[0].ljust(widths[0]) + "  " + others).rstrip()
 
     out = [_fit(t.header, TEXT_WIDTH), line(t.columns)]
     for s in t.sections:

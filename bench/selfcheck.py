@@ -102,10 +102,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--size", default="256MiB", help="bandwidth working set per stream (default 256MiB)")
     p.add_argument("--chase-size", default="1GiB", help="pointer-chase working set (default 1GiB)")
     p.add_argument("--reps", type=int, default=5, help="interleaved repetitions of each side")
-    p.add_argument("--cpu", type=int, default=0, help="CPU both sides run on (likwid pins to hwthread 0)")
     args = p.parse_args(argv)
     size, chase_size = parse_size(args.size), parse_size(args.chase_size)
-    os.sched_setaffinity(0, {args.cpu})
+    os.sched_setaffinity(0, {0})  # likwid-bench pins itself to hwthread 0 (-W N:...:1): share it
     isa = "avx512" if "avx512f" in kernels.features() else "avx"
     t0 = time.monotonic()
     print(f"selfcheck on {kernels.arch()} ({' '.join(kernels.features())}), {args.reps} interleaved reps, medians")

@@ -8,9 +8,11 @@ archives are concatenated, which the kernel unpacks in order.
 """
 from __future__ import annotations
 
+import compileall
 import hashlib
 import io
 import json
+import py_compile
 import shutil
 import subprocess
 import sys
@@ -71,10 +73,8 @@ def precompile(root: Path, prefix: str) -> None:
     unchecked-hash .pyc files ignore source mtimes, which cpio does not keep."""
     if f"{sys.version_info[0]}.{sys.version_info[1]}" != PYVER:
         return
-    import compileall
-
     compileall.compile_dir(str(root), quiet=2, ddir=prefix, workers=0,
-                           invalidation_mode=__import__("py_compile").PycInvalidationMode.UNCHECKED_HASH)
+                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
 
 
 def build_base(arch: Arch, debs: list[Path], kernel_deb: Path, out_dir: Path) -> tuple[Path, Path]:

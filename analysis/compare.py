@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 
 from analysis import stats
 from analysis.load import Run
-from analysis.tables import Section, Table
+from analysis.tables import Section, Table, fmt_value
 
 
 @dataclass(frozen=True)
@@ -21,10 +21,6 @@ class Row:
         if not self.change.significant:
             return "same"
         return "better" if (self.change.ratio > 1) == self.higher_is_better else "worse"
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.4g}" if abs(v) < 1000 else f"{v:.0f}"
 
 
 def _pct(r: float) -> str:
@@ -62,7 +58,7 @@ def table(runs: list[Run], alpha: float = 0.05) -> Table:
         for workload, grp in groups.items():
             better = "higher" if grp[0].higher_is_better else "lower"
             title = f"{workload} ({grp[0].unit}, {better} is better)" + (f" vs {new.path.name}" if len(runs) > 2 else "")
-            body = [[r.name.removeprefix(workload), _fmt(r.change.base.median), _fmt(r.change.new.median),
+            body = [[r.name.removeprefix(workload), fmt_value(r.change.base.median), fmt_value(r.change.new.median),
                      _pct(r.change.ratio), f"{(r.change.lo - 1) * 100:+.1f}..{(r.change.hi - 1) * 100:+.1f}", r.verdict] for r in grp]
             gm = stats.geomean([r.change.ratio for r in grp])
             summary = ["geomean", "", "", _pct(gm), "", ""] if len(grp) > 1 else None

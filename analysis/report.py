@@ -3,11 +3,7 @@ from __future__ import annotations
 
 from analysis import stats
 from analysis.load import Run
-from analysis.tables import Section, Table
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.4g}" if abs(v) < 1000 else f"{v:.0f}"
+from analysis.tables import Section, Table, fmt_value
 
 
 def table(run: Run, ref: str = "device-ngnre") -> Table:
@@ -35,7 +31,7 @@ def table(run: Run, ref: str = "device-ngnre") -> Table:
             est = stats.estimate(s.values)
             rec[a] = {"median": est.median, "lo": est.lo, "hi": est.hi, "unit": s.unit}
             if a == ref or base_est is None:
-                cells.append(f"{_fmt(est.median)} {s.unit}")
+                cells.append(f"{fmt_value(est.median)} {s.unit}")
             else:
                 rec[a]["ratio"] = est.median / base_est.median
                 cells.append(f"{est.median / base_est.median:.2f}x")

@@ -31,6 +31,11 @@ class Table:
         return [r for s in self.sections for r in s.rows]
 
 
+def fmt_value(v: float) -> str:
+    """A measured value with 4 significant digits (whole numbers from 1000 up)."""
+    return f"{v:.4g}" if abs(v) < 1000 else f"{v:.0f}"
+
+
 def _fit(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "~"
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import statistics
 import time
 from pathlib import Path
 
@@ -38,10 +39,9 @@ def value_of(bench: pyperf.Benchmark) -> tuple[float, float, str]:
     meta = bench.get_metadata()
     unit = meta.get("report_unit", "ns")
     vals = [units.convert(unit, v) for v in bench.get_values()]
-    median = sorted(vals)[len(vals) // 2]
-    mean = sum(vals) / len(vals)
-    sd = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
-    return median, (sd / mean if mean else 0.0), unit
+    mean = statistics.fmean(vals)
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return statistics.median(vals), (sd / mean if mean else 0.0), unit
 
 
 def summary(path: Path) -> str:

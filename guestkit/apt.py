@@ -94,6 +94,12 @@ class ForeignApt:
     def update(self) -> None:
         _run(["apt-get", *self._opts(), "update", "-qq"], f"apt-get update ({self.arch})")
 
+    def ensure_lists(self) -> "ForeignApt":
+        """Fetch the package lists once (later calls reuse them)."""
+        if not any((self.cache / "lists").glob("*Packages*")):
+            self.update()
+        return self
+
     def depends_on(self, meta: str) -> str:
         """The first Depends of a metapackage (linux-image-arm64 -> linux-image-6.1.0-N-arm64)."""
         out = _run(["apt-cache", *self._opts(), "depends", meta], f"apt-cache depends {meta}")

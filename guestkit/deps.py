@@ -55,10 +55,7 @@ def ensure_host(arch: Arch) -> list[str]:
 
 
 def guest_apt(arch: Arch) -> apt.ForeignApt:
-    fa = apt.ForeignApt(arch.debian, arch_cache(arch.name) / "apt")
-    if not any((fa.cache / "lists").glob("*Packages*")):
-        fa.update()
-    return fa
+    return apt.ForeignApt(arch.debian, arch_cache(arch.name) / "apt").ensure_lists()
 
 
 def ensure_guest(arch: Arch) -> GuestParts:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench.errors import UserError
 from guestkit import apt
+from guestkit.deps import guest_apt
 from guestkit.paths import arch_cache
 from guestkit.qemu import Arch
 
@@ -45,11 +46,8 @@ def headers(arch: Arch, version: str) -> Path:
     if not m:
         raise UserError(f"--kernel {version}: expected a Debian kernel version like 6.1.0-56-{arch.debian}")
     common = f"linux-headers-{version.rsplit('-', 1)[0]}-common"
-    guest = apt.ForeignApt(arch.debian, arch_cache(arch.name) / "apt")
-    debs = guest.download([f"linux-headers-{version}", common])
-    host = apt.ForeignApt(host_debian_arch(), arch_cache("host") / "apt")
-    if not any((host.cache / "lists").glob("*Packages*")):
-        host.update()
+    debs = guest_apt(arch).download([f"linux-headers-{version}", common])
+    host = apt.ForeignApt(host_debian_arch(), arch_cache("host") / "apt").ensure_lists()
     debs += host.download([f"linux-kbuild-{m.group(1)}"])
     root.mkdir(parents=True, exist_ok=True)
     for deb in debs:

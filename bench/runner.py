@@ -174,6 +174,22 @@ def _preflight(cases: list[Case], target: Target) -> None:
         target.open(attr, size).close()
 
 
+def _run_case(runner: pyperf.Runner, case: Case, target: Target, stage2: str, fwb: bool) -> bool:
+    """One case through pyperf's manager; prints its value, or FAILED and why."""
+    quiet = contextlib.redirect_stdout(io.StringIO()) if not runner.args.verbose else contextlib.nullcontext()
+    try:
+        with quiet:  # pyperf's own per-benchmark line is in seconds per byte: ours replaces it.
+            bench = runner.bench_time_func(case.name, _never, inner_loops=case.units_per_loop,
+                                           metadata=case_metadata(case, target, stage2, fwb))
+    except (RuntimeError, ValueError) as exc:
+        runner._worker_task += 1  # pyperf skips its own increment when a worker fails
+        print(f"FAILED ({exc})", flush=True)
+        return False
+    median, rsd, unit = results.value_of(bench)
+    print(f"{median:.3f} {unit} +-{rsd * 100:.2f}%", flush=True)
+    return True
+
+
 def _manager(runner: pyperf.Runner, cases: list[Case], target: Target, stage2: str, fwb: bool) -> int:
     args = runner.args
     if args.affinity is None and len(os.sched_getaffinity(0)) > 1:
@@ -191,20 +207,16 @@ def _manager(runner: pyperf.Runner, cases: list[Case], target: Target, stage2: s
     partial.unlink(missing_ok=True)
     args.output = str(partial)  # pyperf appends each finished benchmark here
     failed, t0 = [], time.monotonic()
-    for i, case in enumerate(cases, 1):
-        print(f"[{i}/{len(cases)}] {case.name} ...", end=" ", flush=True)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()) if not args.verbose else contextlib.nullcontext():
-                # pyperf's own per-benchmark line is in seconds per byte: ours replaces it.
-                bench = runner.bench_time_func(case.name, _never, inner_loops=case.units_per_loop,
-                                               metadata=case_metadata(case, target, stage2, fwb))
-        except (RuntimeError, ValueError) as exc:
-            runner._worker_task += 1  # pyperf skips its own increment when a worker fails
-            failed.append(case.name)
-            print(f"FAILED ({exc})", flush=True)
-            continue
-        median, rsd, unit = results.value_of(bench)
-        print(f"{median:.3f} {unit} +-{rsd * 100:.2f}%", flush=True)
+    try:
+        for i, case in enumerate(cases, 1):
+            print(f"[{i}/{len(cases)}] {case.name} ...", end=" ", flush=True)
+            if not _run_case(runner, case, target, stage2, fwb):
+                failed.append(case.name)
+    except (KeyboardInterrupt, SystemExit):
+        # pyperf turns Ctrl-C into SystemExit; keep what was measured before leaving.
+        dest = results.finalise(partial, final, complete=False)
+        raise UserError(f"interrupted; finished cases are in {dest}" if dest else "interrupted before any case finished",
+                        code=130) from None
     dest = results.finalise(partial, final, complete=not failed)
     print(f"\n{len(cases) - len(failed)} of {len(cases)} cases in {time.monotonic() - t0:.1f} s")
     if dest:

@@ -92,3 +92,22 @@ def test_bad_input_is_one_line_exit_2(args, needles, results_dir):
     proc = run_cli(*args, "--results-dir", str(results_dir)) if args[0] == "run" else run_cli(*args)
     assert_one_line_error(proc, 2, *needles)
     assert not results_dir.exists()
+
+
+def test_ctrl_c_keeps_finished_cases(results_dir):
+    import os
+    import signal
+
+    from conftest import REPO
+
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--workload", "mmio-read", "--workload", "doorbell",
+                             "--results-dir", str(results_dir), "-p", "1", "-n", "2", "-w", "0", "--min-time", "0.5"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen = ""
+    while "[2/2]" not in seen:  # the first case is finished once the second starts
+        seen += proc.stdout.read(1)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole process group
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted; finished cases are in" in err
+    (path,) = results_dir.rglob("*-partial.json")
+    assert pyperf.BenchmarkSuite.load(str(path)).get_benchmark_names() == ["mmio-read[8B]@normal"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import selectors
 import subprocess
 import sys
@@ -26,6 +27,9 @@ from guestkit.paths import arch_cache
 from guestkit.qemu import Arch, GuestConfig
 
 TIMEOUT_EXIT = 124
+# Firmware (SeaBIOS on x86) clears the screen with escape sequences that can prefix the
+# agent's first line; they are dropped before a line is parsed.
+_ESCAPES = re.compile(r"\x1b(?:\[[0-9;?]*[A-Za-z]|.)")
 
 
 @dataclass
@@ -41,6 +45,7 @@ class Receiver:
 
     def feed(self, line: str) -> str | None:
         """Consume one console line; returns it when it is for the user to see."""
+        line = _ESCAPES.sub("", line)
         if self._record:
             if line == agent.END:
                 self._finish()
@@ -141,8 +146,9 @@ def _boot(qemu_argv: list[str], timeout: float, rx: Receiver, echo) -> int:
         raise UserError(f"guest timed out after {timeout:.0f} s and was killed; kept {len(kept)} result file(s) "
                         "(raise --timeout if it was just slow)", code=TIMEOUT_EXIT)
     if rx.exit_code is None:
+        hint = "; if KVM is what failed, retry with --accel tcg" if "kvm" in qemu_argv else ""
         raise UserError(f"guest stopped (QEMU exit {proc.returncode}) before the command finished; "
-                        "see the console output above", code=3)
+                        f"see the console output above{hint}", code=3)
     return rx.exit_code
 
 

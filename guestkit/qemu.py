@@ -95,9 +95,10 @@ class X86_64(Arch):
     host_machines = ("x86_64", "AMD64")
 
     def machine_args(self, accel: str) -> list[str]:
+        # -vga none: q35's default VGA would take 00:01.0, where ivshmem goes.
         if accel == "kvm":
-            return ["-M", "q35", "-cpu", "host", "-accel", "kvm"]
-        return ["-M", "q35", "-cpu", "max", "-accel", "tcg,thread=multi"]
+            return ["-M", "q35", "-vga", "none", "-cpu", "host", "-accel", "kvm"]
+        return ["-M", "q35", "-vga", "none", "-cpu", "max", "-accel", "tcg,thread=multi"]
 
     def pci_bus(self) -> str:
         return "pcie.0"

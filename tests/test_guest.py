@@ -90,3 +90,29 @@ def test_hung_guest_is_killed_and_keeps_results(guest_ready, tmp_path):
 def test_guest_command_exit_code_is_returned(guest_ready, tmp_path):
     proc = run_cli("run", "--results", str(tmp_path), "--", "sh", "-c", "exit 7", module="guestkit", timeout=120)
     assert proc.returncode == 7
+
+
+X86_SCRIPT = f"""
+python -m bench probe --target {IVSHMEM} --json > results/probe-x86.json
+python -m bench run --target {IVSHMEM} --fast --workload write-bw --size 64KiB --label x86
+"""
+
+
+def test_x86_64_guest_same_suite(tmp_path):
+    # The same image builder and agent for the other Arch class; x86 has no alignment
+    # faults, so the probes complete and the class stays unknown (nothing to infer from).
+    deps = run_cli("deps", "--arch", "x86_64", module="guestkit", timeout=1200)
+    assert deps.returncode == 0, deps.stderr
+    shm = tmp_path / "shm"
+    proc = run_cli("run", "--arch", "x86_64", "--accel", "tcg", "--ivshmem", "1MiB", "--ivshmem-file", str(shm),
+                   "--results", str(tmp_path / "r"), "--timeout", "300", "--", "sh", "-c", X86_SCRIPT,
+                   module="guestkit", timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    data, out = _outcomes(tmp_path / "r" / "probe-x86.json")
+    assert data["arch"] == "x86_64" and data["inferred"] == {"device-ngnre": "unknown", "normal-nc": "unknown"}
+    assert out["device-ngnre", "load8-unaligned"]["result"] == "ok"
+    (path,) = (tmp_path / "r" / "qemu-x86_64-tcg").glob("*-x86.json")
+    metas = [b.get_metadata() for b in pyperf.BenchmarkSuite.load(str(path)).get_benchmarks()]
+    assert {m["attr"] for m in metas} == {"device-ngnre", "normal-nc"}
+    assert all(m["kernels_arch"] == "x86_64" and m["emulated"] == "true" for m in metas)
+    assert b"\x5a" * 4096 in shm.read_bytes()

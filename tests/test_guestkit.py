@@ -70,6 +70,12 @@ def test_receiver_writes_verified_files_and_settles_partials(tmp_path):
     assert (tmp_path / "m/b-partial.json").read_bytes() == b"{2}" and len(kept) == 2
 
 
+def test_receiver_ignores_firmware_escapes(tmp_path):
+    rx = Receiver(tmp_path)
+    assert rx.feed("\x1bc\x1b[?7l\x1b[2J" + agent.READY + " 2.7") is None and rx.ready_at is not None
+    assert rx.feed("\x1b[2J" + agent.EXIT + " 3") is None and rx.exit_code == 3
+
+
 def test_receiver_rejects_damaged_record(tmp_path):
     rx = Receiver(tmp_path)
     lines = _record("x.json", b"payload")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from analysis import stats
+from bench import units
 from analysis.load import Run
 from analysis.tables import Section, Table, fmt_value
 
@@ -56,8 +57,7 @@ def table(runs: list[Run], alpha: float = 0.05) -> Table:
         for r in rs:
             groups.setdefault(r.workload, []).append(r)
         for workload, grp in groups.items():
-            better = "higher" if grp[0].higher_is_better else "lower"
-            title = f"{workload} ({grp[0].unit}, {better} is better)" + (f" vs {new.path.name}" if len(runs) > 2 else "")
+            title = f"{workload} ({grp[0].unit}, {units.better(grp[0].unit)})" + (f" vs {new.path.name}" if len(runs) > 2 else "")
             body = [[r.name.removeprefix(workload), fmt_value(r.change.base.median), fmt_value(r.change.new.median),
                      _pct(r.change.ratio), f"{(r.change.lo - 1) * 100:+.1f}..{(r.change.hi - 1) * 100:+.1f}", r.verdict] for r in grp]
             gm = stats.geomean([r.change.ratio for r in grp])

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 
 from analysis import stats  # noqa: E402
 from analysis.load import Run, Series  # noqa: E402
+from bench import units  # noqa: E402
 from bench.errors import UserError  # noqa: E402
 
 
@@ -58,7 +59,7 @@ def bars(runs: list[Run], out: Path) -> Path:
                     errs[1].append(e.hi - e.median)
             ax.bar(xs, meds, width, yerr=errs, capsize=3, label=group)
         unit = series[0][1].unit
-        ax.set_title(f"{workload} ({'higher' if series[0][1].higher_is_better else 'lower'} is better)")
+        ax.set_title(f"{workload} ({units.better(series[0][1].unit)})")
         ax.set_ylabel(unit)
         ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
         ax.legend(fontsize=7, title="run attribute" if len(runs) > 1 else "attribute", title_fontsize=7,

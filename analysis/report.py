@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from analysis import stats
+from bench import units
 from analysis.load import Run
 from analysis.tables import Section, Table, fmt_value
 
@@ -35,7 +36,7 @@ def table(run: Run, ref: str = "device-ngnre") -> Table:
             else:
                 rec[a]["ratio"] = est.median / base_est.median
                 cells.append(f"{est.median / base_est.median:.2f}x")
-        groups.setdefault(f"{some.workload} ({'higher' if some.higher_is_better else 'lower'} is better)", []).append(cells)
+        groups.setdefault(f"{some.workload} ({units.better(some.unit)})", []).append(cells)
         data_rows.append(rec)
     for a in order:
         meta = next(s.meta for s in run.series.values() if s.attr == a)

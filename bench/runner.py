@@ -141,7 +141,7 @@ def _warn_disagreements(cases: list[Case], target: Target, stage2: str, fwb: boo
     for attr in dict.fromkeys(c.attr for c in cases):
         mapping = target.open(attr, 4096)
         try:
-            seen = probe.infer_mapping(mapping)
+            seen = inferred_class(mapping, target)
         finally:
             mapping.close()
         predicted = memtypes.combine(attr, stage2, fwb)

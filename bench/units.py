@@ -27,6 +27,11 @@ def higher_is_better(unit: str) -> bool:
     return unit != "ns"
 
 
+def better(unit: str) -> str:
+    """'higher is better' or 'lower is better', for titles."""
+    return f"{'higher' if higher_is_better(unit) else 'lower'} is better"
+
+
 def parse_size(text: str) -> int:
     """'64MiB', '4k', '1G', '4096' -> bytes (binary multiples); ValueError if malformed."""
     m = _SIZE_RE.match(text)

@@ -98,7 +98,7 @@ def guest_kernel(arch) -> str:
     """The kernel version the guest boots (Debian's current one for arch)."""
     from guestkit import deps
 
-    return deps.guest_apt(arch).depends_on(arch.kernel_meta).removeprefix("linux-image-")
+    return deps.guest_kernel_version(arch)
 
 
 HANDLERS = {"deps": cmd_deps, "run": cmd_run, "kmod": cmd_kmod}

@@ -58,13 +58,17 @@ def guest_apt(arch: Arch) -> apt.ForeignApt:
     return apt.ForeignApt(arch.debian, arch_cache(arch.name) / "apt").ensure_lists()
 
 
+def guest_kernel_version(arch: Arch) -> str:
+    """The version of Debian's current kernel for arch, e.g. 6.1.0-56-arm64."""
+    return guest_apt(arch).depends_on(arch.kernel_meta).removeprefix("linux-image-")
+
+
 def ensure_guest(arch: Arch) -> GuestParts:
     """Download the guest's kernel and python3 and build the base initramfs (cached)."""
-    fa = guest_apt(arch)
-    kernel_pkg = fa.depends_on(arch.kernel_meta)
-    debs = fa.download([*image.GUEST_PKGS, kernel_pkg])
+    version = guest_kernel_version(arch)
+    debs = guest_apt(arch).download([*image.GUEST_PKGS, f"linux-image-{version}"])
     kernel, base = image.build_base(arch, debs[:-1], debs[-1], arch_cache(arch.name))
-    return GuestParts(kernel, base, kernel_pkg.removeprefix("linux-image-"))
+    return GuestParts(kernel, base, version)
 
 
 def find_parts(arch: Arch) -> GuestParts:

@@ -36,14 +36,11 @@ class Arch:
     cross_cc = ""
     cross_pkg = ""
     kernel_meta = ""
-    headers_meta = ""
     console = ""
+    pci_bus = "pcie.0"  # the root bus of both -M virt and -M q35
     host_machines: tuple[str, ...] = ()
 
     def machine_args(self, accel: str) -> list[str]:
-        raise NotImplementedError
-
-    def pci_bus(self) -> str:
         raise NotImplementedError
 
     def native(self) -> bool:
@@ -66,7 +63,7 @@ class Arch:
         if cfg.ivshmem_file:
             argv += ["-object", f"memory-backend-file,id=ivshmem0,size={cfg.ivshmem_bytes},"
                                 f"mem-path={cfg.ivshmem_file},share=on",
-                     "-device", f"ivshmem-plain,memdev=ivshmem0,bus={self.pci_bus()},addr={IVSHMEM_ADDR:#x}"]
+                     "-device", f"ivshmem-plain,memdev=ivshmem0,bus={self.pci_bus},addr={IVSHMEM_ADDR:#x}"]
         for bdf in cfg.vfio:
             argv += ["-device", f"vfio-pci,host={bdf}"]
         return argv
@@ -75,7 +72,7 @@ class Arch:
 class Arm64(Arch):
     name, debian, qemu, qemu_pkg = "arm64", "arm64", "qemu-system-aarch64", "qemu-system-arm"
     cross_cc, cross_pkg = "aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"
-    kernel_meta, headers_meta, console = "linux-image-arm64", "linux-headers-arm64", "ttyAMA0"
+    kernel_meta, console = "linux-image-arm64", "ttyAMA0"
     host_machines = ("aarch64", "arm64")
 
     def machine_args(self, accel: str) -> list[str]:
@@ -84,14 +81,11 @@ class Arm64(Arch):
         # -cpu max with multi-threaded TCG (-smp >= 2) models Device-memory alignment faults.
         return ["-M", "virt", "-cpu", "max", "-accel", "tcg,thread=multi"]
 
-    def pci_bus(self) -> str:
-        return "pcie.0"
-
 
 class X86_64(Arch):
     name, debian, qemu, qemu_pkg = "x86_64", "amd64", "qemu-system-x86_64", "qemu-system-x86"
     cross_cc, cross_pkg = "x86_64-linux-gnu-gcc", "gcc-x86-64-linux-gnu"
-    kernel_meta, headers_meta, console = "linux-image-amd64", "linux-headers-amd64", "ttyS0"
+    kernel_meta, console = "linux-image-amd64", "ttyS0"
     host_machines = ("x86_64", "AMD64")
 
     def machine_args(self, accel: str) -> list[str]:
@@ -99,9 +93,6 @@ class X86_64(Arch):
         if accel == "kvm":
             return ["-M", "q35", "-vga", "none", "-cpu", "host", "-accel", "kvm"]
         return ["-M", "q35", "-vga", "none", "-cpu", "max", "-accel", "tcg,thread=multi"]
-
-    def pci_bus(self) -> str:
-        return "pcie.0"
 
 
 ARCHES: dict[str, Arch] = {a.name: a for a in (Arm64(), X86_64())}

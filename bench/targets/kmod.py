@@ -18,9 +18,8 @@ from bench.errors import UserError
 from bench.targets.base import Availability, Mapping, Target, map_memory
 from bench.targets.pci import PciTarget
 
-# Mirrors guestkit/kmod/dmattr.h.
-ATTR_CODES = {name: i for i, name in enumerate(
-    ["device-ngnrne", "device-ngnre", "device-ngre", "device-gre", "normal-nc", "normal-wt", "normal"])}
+# enum dmattr_attr in guestkit/kmod/dmattr.h numbers the attributes in memtypes' order.
+ATTR_CODES = {name: i for i, name in enumerate(memtypes.names())}
 SRC_RAM, SRC_BAR = 0, 1
 REQ = struct.Struct("<IIQIIIIQ")
 IOC_SET = (1 << 30) | (REQ.size << 16) | (ord("D") << 8) | 1      # _IOW('D', 1, struct dmattr_req)

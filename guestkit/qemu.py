@@ -34,7 +34,10 @@ class Arch:
     qemu = ""
     qemu_pkg = ""
     cross_cc = ""
-    cross_pkg = ""
+    # The cross gcc alone has no target libc headers (they are only its Recommends, and we
+    # install without recommends): the libc dev package is named explicitly.
+    cross_pkgs: tuple[str, ...] = ()
+    cross_header = ""  # a file of the target libc's dev package: present = cross build works
     kernel_meta = ""
     console = ""
     pci_bus = "pcie.0"  # the root bus of both -M virt and -M q35
@@ -71,7 +74,9 @@ class Arch:
 
 class Arm64(Arch):
     name, debian, qemu, qemu_pkg = "arm64", "arm64", "qemu-system-aarch64", "qemu-system-arm"
-    cross_cc, cross_pkg = "aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"
+    cross_cc = "aarch64-linux-gnu-gcc"
+    cross_pkgs = ("gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross")
+    cross_header = "/usr/aarch64-linux-gnu/include/bits/libc-header-start.h"
     kernel_meta, console = "linux-image-arm64", "ttyAMA0"
     host_machines = ("aarch64", "arm64")
 
@@ -84,7 +89,9 @@ class Arm64(Arch):
 
 class X86_64(Arch):
     name, debian, qemu, qemu_pkg = "x86_64", "amd64", "qemu-system-x86_64", "qemu-system-x86"
-    cross_cc, cross_pkg = "x86_64-linux-gnu-gcc", "gcc-x86-64-linux-gnu"
+    cross_cc = "x86_64-linux-gnu-gcc"
+    cross_pkgs = ("gcc-x86-64-linux-gnu", "libc6-dev-amd64-cross")
+    cross_header = "/usr/x86_64-linux-gnu/include/bits/libc-header-start.h"
     kernel_meta, console = "linux-image-amd64", "ttyS0"
     host_machines = ("x86_64", "AMD64")
 

@@ -7,6 +7,7 @@ import json
 from bench import kernels, memtypes, metadata
 from bench.errors import UserError
 from bench.probe import Outcome, infer_class, probe_mapping, probes
+from bench.runner import stage2_of
 from bench.targets import open_target
 
 PROBE_BYTES = 4096
@@ -29,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
 
 def expected_type(attr: str, stage2: str | None, fwb: bool) -> str:
     """What the probes should see: stage 1 combined with a declared stage 2, else stage 1."""
-    return memtypes.combine(attr, stage2, fwb).effective if stage2 and stage2 != "none" else attr
+    return memtypes.combine(attr, stage2, fwb).effective if stage2 not in (None, "none", "unknown") else attr
 
 
 def cell(o: Outcome) -> str:
@@ -76,7 +77,7 @@ def main(argv: list[str]) -> int:
     if bad:
         raise UserError(f"unknown probe {bad[0]!r}: use one of {', '.join(known)}")
     selected = [known[n] for n in args.probe] or list(known.values())
-    stage2 = args.stage2 and (args.stage2 if args.stage2 == "none" else memtypes.canonical(args.stage2))
+    stage2 = stage2_of(args, target)  # the same answer `bench run` records
     rows: dict[str, list[Outcome]] = {}
     for attr in attrs:
         mapping = target.open(attr, PROBE_BYTES)
@@ -86,7 +87,7 @@ def main(argv: list[str]) -> int:
             mapping.close()
     inferred = {a: infer_class(rows[a]) for a in attrs}
     if args.json:
-        print(json.dumps({"target": target.spec, "arch": kernels.arch(), "stage2": stage2 or "unknown",
+        print(json.dumps({"target": target.spec, "arch": kernels.arch(), "stage2": stage2,
                           "emulated": metadata.emulated(), "inferred": inferred,
                           "outcomes": [o.to_dict() for a in attrs for o in rows[a]]}, indent=1))
     elif args.ktap:

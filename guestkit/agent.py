@@ -1,6 +1,8 @@
 """The guest side of guestkit (runs as /init's child in the guest, standard library only).
 
-Runs the job's command in /dmtbench, forwards its output to the console, and sends every
+Runs the job's command in /dmtbench, forwards its output to the console (each line tagged
+with the stream it came from, so the host can give the command's stdout back byte for byte
+and put everything else on stderr), and sends every
 new or changed file under /dmtbench/results to the host as a base64 record as soon as it
 appears, so a guest that is later killed has already delivered what it measured.  The
 agent is the console's only writer once it starts, so records never interleave with
@@ -22,6 +24,10 @@ from pathlib import Path
 ROOT = Path("/dmtbench")
 RESULTS = ROOT / "results"
 FILE, END, EXIT, READY = "@@DMT-FILE", "@@DMT-FILE-END", "@@DMT-EXIT", "@@DMT-READY"
+# Output of the command: OUT/ERR + " " + one line; the *N forms carry a last line that had no
+# newline.  Untagged console lines (the kernel's) are not the command's.
+STREAM_TAGS = {"@@DMT-OUT": ("out", "\n"), "@@DMT-OUTN": ("out", ""),
+               "@@DMT-ERR": ("err", "\n"), "@@DMT-ERRN": ("err", "")}
 _lock = threading.Lock()
 
 
@@ -50,9 +56,13 @@ def scan(sent: dict[Path, tuple[int, int]]) -> None:
             send_file(path)
 
 
-def forward(stream) -> None:
+def forward(stream, name: str) -> None:
+    """Tag each line of the command's stdout or stderr for the host."""
     for line in iter(stream.readline, ""):
-        emit(line)
+        if line.endswith("\n"):
+            emit(f"@@DMT-{name} {line}")
+        else:
+            emit(f"@@DMT-{name}N {line}")
 
 
 def main() -> int:
@@ -65,15 +75,18 @@ def main() -> int:
     emit(f"{READY} {time.monotonic():.3f}")
     for cmd in job.get("setup", []):
         subprocess.run(cmd, cwd=ROOT, env=env)
-    proc = subprocess.Popen(job["argv"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(job["argv"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, errors="replace")
-    reader = threading.Thread(target=forward, args=(proc.stdout,), daemon=True)
-    reader.start()
+    readers = [threading.Thread(target=forward, args=(stream, name), daemon=True)
+               for stream, name in ((proc.stdout, "OUT"), (proc.stderr, "ERR"))]
+    for reader in readers:
+        reader.start()
     sent: dict[Path, tuple[int, int]] = {}
     while proc.poll() is None:
         scan(sent)
         time.sleep(0.5)
-    reader.join(timeout=5)
+    for reader in readers:
+        reader.join(timeout=5)
     scan(sent)
     emit(f"{EXIT} {proc.returncode}")
     return proc.returncode

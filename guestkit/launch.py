@@ -1,8 +1,10 @@
 """`python -m guestkit run`: boot a guest, run one command, bring results/ back.
 
-Reads the console line by line: ordinary lines are echoed; file records from the agent
-(guestkit/agent.py) are verified and written under the host's results/ at once, so a
-guest that hangs and is killed at --timeout still leaves what it had sent.
+Reads the console line by line.  The command's stdout comes back on our stdout exactly as
+the command printed it (so `guestkit run -- cmd --json > f.json` gives a JSON file); its
+stderr, the guest kernel's lines and our own status lines go to stderr.  File records
+from the agent (guestkit/agent.py) are verified and written under the host's results/ at
+once, so a guest that hangs and is killed at --timeout still leaves what it had sent.
 """
 from __future__ import annotations
 
@@ -32,6 +34,21 @@ TIMEOUT_EXIT = 124
 _ESCAPES = re.compile(r"\x1b(?:\[[0-9;?]*[A-Za-z]|.)")
 
 
+Shown = tuple[str, str]  # (stream: "out" | "err", text including its line end)
+
+
+def show(item: Shown) -> None:
+    """Write one console item where it belongs: the command's stdout to stdout, the rest to stderr."""
+    stream = sys.stdout if item[0] == "out" else sys.stderr
+    stream.write(item[1])
+    stream.flush()
+
+
+def status(text: str) -> None:
+    """guestkit's own lines: never on stdout, which is the guest command's."""
+    print(text, file=sys.stderr, flush=True)
+
+
 @dataclass
 class Receiver:
     """Parses agent records out of the console stream and writes the files."""
@@ -43,8 +60,12 @@ class Receiver:
     _record: tuple[str, int, str] | None = None
     _lines: list[str] = field(default_factory=list)
 
-    def feed(self, line: str) -> str | None:
-        """Consume one console line; returns it when it is for the user to see."""
+    def feed(self, line: str) -> Shown | None:
+        """Consume one console line; returns (stream, text) when it is for the user to see."""
+        tag, _, rest = line.partition(" ")
+        if tag in agent.STREAM_TAGS and not self._record:
+            stream, end = agent.STREAM_TAGS[tag]
+            return stream, rest + end
         line = _ESCAPES.sub("", line)
         if self._record:
             if line == agent.END:
@@ -59,11 +80,11 @@ class Receiver:
             return None
         if line.startswith(agent.EXIT + " "):
             self.exit_code = int(line.split()[1])
-            return line.split(" ", 2)[2] if line.count(" ") >= 2 else None
+            return ("err", line.split(" ", 2)[2] + "\n") if line.count(" ") >= 2 else None
         if line.startswith(agent.READY):
             self.ready_at = time.monotonic()
             return None
-        return line
+        return "err", line + "\n"
 
     def _finish(self) -> None:
         rel, size, digest = self._record
@@ -111,7 +132,7 @@ def _job_initrd(arch: Arch, base: Path, job: dict, extra: dict[str, bytes] | Non
 
 def run(arch: Arch, argv: list[str], *, accel: str, timeout: float, results: Path, machine: str,
         ivshmem_file: Path | None = None, ivshmem_bytes: int = 0, vfio: tuple[str, ...] = (),
-        memory_mb: int = 1024, show_command: bool = False, echo=print,
+        memory_mb: int = 1024, show_command: bool = False, echo=show,
         extra: dict[str, bytes] | None = None, setup: list[list[str]] | None = None) -> int:
     """Boot, run argv in the guest, stream results back; returns the command's exit code."""
     parts = find_parts(arch)
@@ -123,7 +144,7 @@ def run(arch: Arch, argv: list[str], *, accel: str, timeout: float, results: Pat
                           ivshmem_bytes=ivshmem_bytes, vfio=vfio)
         qemu_argv = arch.argv(cfg)
         if show_command:
-            echo(" ".join(qemu_argv))
+            status(" ".join(qemu_argv))
         return _boot(qemu_argv, timeout, Receiver(results), echo)
     finally:
         initrd.unlink(missing_ok=True)
@@ -140,8 +161,8 @@ def _boot(qemu_argv: list[str], timeout: float, rx: Receiver, echo) -> int:
     kept = rx.settle()
     wall = time.monotonic() - t0
     boot = f", booted in {rx.ready_at - t0:.1f} s" if rx.ready_at else ""
-    echo(f"guestkit: guest ran {wall:.1f} s{boot}; {len(kept)} result file(s) back: "
-         + ", ".join(str(p) for p in kept))
+    status(f"guestkit: guest ran {wall:.1f} s{boot}; {len(kept)} result file(s) back: "
+           + ", ".join(str(p) for p in kept))
     if timed_out:
         raise UserError(f"guest timed out after {timeout:.0f} s and was killed; kept {len(kept)} result file(s) "
                         "(raise --timeout if it was just slow)", code=TIMEOUT_EXIT)

@@ -87,9 +87,15 @@ def test_hung_guest_is_killed_and_keeps_results(guest_ready, tmp_path):
     assert (tmp_path / "m" / "early.json").read_text().strip() == "{}"
 
 
-def test_guest_command_exit_code_is_returned(guest_ready, tmp_path):
-    proc = run_cli("run", "--results", str(tmp_path), "--", "sh", "-c", "exit 7", module="guestkit", timeout=120)
+def test_guest_command_stdout_and_exit_code_come_back(guest_ready, tmp_path):
+    # stdout is exactly the command's (guest kernel and guestkit lines go to stderr), so
+    # `guestkit run -- bench probe --json > f.json` gives JSON; under TCG probe and run
+    # give the same stage-2 answer.
+    script = "python -m bench probe --target ram --json; echo oops >&2; exit 7"
+    proc = run_cli("run", "--results", str(tmp_path), "--", "sh", "-c", script, module="guestkit", timeout=120)
     assert proc.returncode == 7
+    assert json.loads(proc.stdout)["stage2"] == "none"
+    assert "oops" in proc.stderr and "guestkit: guest ran" in proc.stderr
 
 
 X86_SCRIPT = f"""

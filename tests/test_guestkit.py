@@ -63,11 +63,21 @@ def test_receiver_writes_verified_files_and_settles_partials(tmp_path):
     rx = Receiver(tmp_path)
     shown = [rx.feed(line) for line in ["boot", *_record("m/a.json", b"{1}"), *_record("m/.b.json.partial", b"{2}"),
                                          *_record("../evil", b"x"), f"{agent.EXIT} 0"]]
-    assert shown[0] == "boot" and rx.exit_code == 0
+    assert shown[0] == ("err", "boot\n") and rx.exit_code == 0
     assert (tmp_path / "m/a.json").read_bytes() == b"{1}"
     assert not (tmp_path.parent / "evil").exists()
     kept = rx.settle()
     assert (tmp_path / "m/b-partial.json").read_bytes() == b"{2}" and len(kept) == 2
+
+
+def test_receiver_gives_the_command_stdout_back_exactly(tmp_path):
+    # The command's stdout (tagged by the agent) alone goes to stdout, with its own line
+    # ends; its stderr and the kernel's lines go to stderr.
+    rx = Receiver(tmp_path)
+    items = [rx.feed(line) for line in ['@@DMT-OUT {"a": 1,', "[   3.1] reboot: Power down", "@@DMT-ERR warn",
+                                         '@@DMT-OUTN  "b": 2}']]
+    assert "".join(t for s, t in items if s == "out") == '{"a": 1,\n "b": 2}'
+    assert [t for s, t in items if s == "err"] == ["[   3.1] reboot: Power down\n", "warn\n"]
 
 
 def test_receiver_ignores_firmware_escapes(tmp_path):

@@ -1,21 +1,22 @@
 """`python -m bench run`: one pyperf Runner over the plan; each case is a bench_time_func.
 
-pyperf re-spawns this module as `python -m bench run --worker ...` for every value; our
-options are forwarded by _forward() so each worker rebuilds the same plan and runs
-exactly the case pyperf asks for (--worker-task N).
+Workers are `python -m bench run --worker ...` processes spawned one at a time by
+bench.rounds (round-robin across cases when interleaving); our options are forwarded by
+_forward() so each worker rebuilds the same plan and runs exactly the case asked for
+(--worker-task N).  The manager merges the workers' runs and keeps them (bench.results).
 """
 from __future__ import annotations
 
-import contextlib
+import argparse
 import ctypes
-import io
 import os
+import signal
 import time
 from pathlib import Path
 
 import pyperf
 
-from bench import kernels, memtypes, metadata, plan, probe, results
+from bench import kernels, memtypes, metadata, plan, probe, results, rounds
 from bench.errors import UserError
 from bench.plan import Case
 from bench.targets import Mapping, Target, open_target
@@ -25,7 +26,7 @@ from bench.targets.ram import RamTarget
 # kernels are stable, and 4 processes keep the default matrix near 30 s on 2 cores.
 PROCESSES, VALUES = 4, 3
 _LISTS = ("attr", "workload", "param", "size")
-_SCALARS = ("target", "stage2", "machine", "results_dir", "label")
+_SCALARS = ("target", "stage2", "machine", "results_dir", "label", "round", "schedule")
 
 
 def _forward(cmd: list[str], args) -> None:
@@ -36,7 +37,7 @@ def _forward(cmd: list[str], args) -> None:
     for name in _SCALARS:
         value = getattr(args, name)
         if value is not None:
-            cmd.extend([f"--{name.replace('_', '-')}", value])
+            cmd.extend([f"--{name.replace('_', '-')}", str(value)])
     for flag in ("fwb", "allow_reads", "allow_writes"):
         if getattr(args, flag):
             cmd.append(f"--{flag.replace('_', '-')}")
@@ -60,6 +61,12 @@ def make_runner() -> pyperf.Runner:
     p.add_argument("--label", default=None, help="label in the result file name")
     p.add_argument("--machine", default=None, help="results/<machine>/ directory name (default: host name)")
     p.add_argument("--results-dir", default=None, help="results root (default: ./results)")
+    p.add_argument("--interleave", dest="interleave", action="store_true", default=None,
+                   help="run processes round-robin across cases (default when the run has more than one attribute)")
+    p.add_argument("--no-interleave", dest="interleave", action="store_false",
+                   help="run all processes of one case before the next (pyperf's order)")
+    p.add_argument("--round", default=None, help=argparse.SUPPRESS)     # worker: which round it is
+    p.add_argument("--schedule", default=None, help=argparse.SUPPRESS)  # worker: interleaved|sequential
     return runner
 
 
@@ -154,13 +161,17 @@ def _never(loops: int) -> float:  # placeholder for cases another worker runs
 
 
 def _worker(runner: pyperf.Runner, cases: list[Case], target: Target, stage2: str, fwb: bool) -> int:
-    task = runner.args.worker_task or 0
+    args = runner.args
+    task = args.worker_task or 0
     for i, case in enumerate(cases):
         fn = CaseTimer(case, target) if i == task else _never
         meta = case_metadata(case, target, stage2, fwb)
         if i == task:
             meta["realised"] = fn.mapping.realised
             meta["effective_inferred"] = inferred_class(fn.mapping, target)
+            # Per-run metadata: report --ref pairs the runs of one round across attributes.
+            meta["round"] = int(args.round or 1)
+            meta["schedule"] = args.schedule or "sequential"
         runner.bench_time_func(case.name, fn, inner_loops=case.units_per_loop, metadata=meta)
     return 0
 
@@ -174,20 +185,80 @@ def _preflight(cases: list[Case], target: Target) -> None:
         target.open(attr, size).close()
 
 
-def _run_case(runner: pyperf.Runner, case: Case, target: Target, stage2: str, fwb: bool) -> bool:
-    """One case through pyperf's manager; prints its value, or FAILED and why."""
-    quiet = contextlib.redirect_stdout(io.StringIO()) if not runner.args.verbose else contextlib.nullcontext()
-    try:
-        with quiet:  # pyperf's own per-benchmark line is in seconds per byte: ours replaces it.
-            bench = runner.bench_time_func(case.name, _never, inner_loops=case.units_per_loop,
-                                           metadata=case_metadata(case, target, stage2, fwb))
-    except (RuntimeError, ValueError) as exc:
-        runner._worker_task += 1  # pyperf skips its own increment when a worker fails
-        print(f"FAILED ({exc})", flush=True)
-        return False
-    median, rsd, unit = results.value_of(bench)
-    print(f"{median:.3f} {unit} +-{rsd * 100:.2f}%", flush=True)
-    return True
+class _Interrupt:
+    """Ctrl-C, and only Ctrl-C, interrupts a run.  The flag tells a worker that died of
+    the same SIGINT (exit 1, seen first by the manager) from a case that failed."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        signal.signal(signal.SIGINT, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+
+class _Keeper:
+    """The run's result file: claimed at the start, rewritten atomically after every
+    worker process, renamed into place at the end."""
+
+    def __init__(self, args, target: Target, cases: list[Case]) -> None:
+        if args.output:
+            self.final = results.reserve(Path(args.output), exact=True)
+        else:
+            root = Path(args.results_dir or os.environ.get("DMTBENCH_RESULTS", "results"))
+            label = args.label or f"{target.spec}-{'+'.join(dict.fromkeys(c.attr for c in cases))}"
+            self.final = results.reserve(
+                results.default_path(root, args.machine or metadata.machine_name(), label), exact=False)
+        self.partial = results.partial_path(self.final)
+
+    def save(self, drivers: list[rounds.CaseDriver]) -> None:
+        benches = [d.bench for d in drivers if d.bench is not None and d.manager.nprocess]
+        if not benches:
+            return
+        try:
+            results.write_atomic(self.partial, pyperf.BenchmarkSuite(benches))
+        except OSError as exc:
+            dest = self.finish(complete=False)
+            kept = f"what was measured before is in {dest}" if dest else "nothing was kept"
+            raise UserError(f"cannot write {self.partial} ({exc.strerror}); {kept}", code=1) from None
+
+    def finish(self, complete: bool) -> Path | None:
+        return results.finalise(self.partial, self.final, complete)
+
+
+def _steps(runner: pyperf.Runner, cases: list[Case], interleave: bool, keeper: _Keeper,
+           interrupt: _Interrupt) -> dict[int, str]:
+    """Every worker process of the run, in schedule order, each kept as soon as it ends;
+    returns the failed cases (index -> why).  A failed case gets no further rounds."""
+    nrounds = runner.args.processes
+    drivers = [rounds.CaseDriver(runner, i) for i in range(len(cases))]
+    failed: dict[int, str] = {}
+    for step in rounds.schedule(len(cases), nrounds, interleave):
+        i, case = step.index, cases[step.index]
+        if interleave and i == 0:
+            print(f"round {step.round}/{nrounds} ", end="", flush=True)
+        elif not interleave and step.round == 1:
+            print(f"[{i + 1}/{len(cases)}] {case.name} ...", end=" ", flush=True)
+        if i in failed:
+            continue
+        try:
+            drivers[i].one_process(step.round)
+        except rounds.CaseFailed as exc:
+            if interrupt.seen:
+                raise KeyboardInterrupt from None
+            failed[i] = str(exc)
+        keeper.save(drivers)
+        if interleave:
+            print("F" if i in failed else ".", end="\n" if i == len(cases) - 1 else "", flush=True)
+        elif i in failed:
+            print(f"FAILED ({failed[i]})", flush=True)
+        elif step.round == nrounds:
+            median, rsd, unit = results.value_of(drivers[i].bench)
+            print(f"{median:.3f} {unit} +-{rsd * 100:.2f}%", flush=True)
+    for i, why in failed.items():
+        print(f"FAILED {cases[i].name}: {why}")
+    return failed
 
 
 def _manager(runner: pyperf.Runner, cases: list[Case], target: Target, stage2: str, fwb: bool) -> int:
@@ -199,37 +270,40 @@ def _manager(runner: pyperf.Runner, cases: list[Case], target: Target, stage2: s
         args.affinity = str(max(os.sched_getaffinity(0)))
     _preflight(cases, target)
     _warn_disagreements(cases, target, stage2, fwb)
-    root = Path(args.results_dir or os.environ.get("DMTBENCH_RESULTS", "results"))
-    label = args.label or f"{target.spec}-{'+'.join(dict.fromkeys(c.attr for c in cases))}"
-    final = Path(args.output) if args.output else results.default_path(root, args.machine or metadata.machine_name(), label)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    partial = results.partial_path(final)
-    partial.unlink(missing_ok=True)
-    args.output = str(partial)  # pyperf appends each finished benchmark here
-    failed, t0 = [], time.monotonic()
+    interleave = args.interleave if args.interleave is not None else len({c.attr for c in cases}) > 1
+    args.schedule = "interleaved" if interleave else "sequential"
+    keeper = _Keeper(args, target, cases)
+    t0 = time.monotonic()
     try:
-        for i, case in enumerate(cases, 1):
-            print(f"[{i}/{len(cases)}] {case.name} ...", end=" ", flush=True)
-            if not _run_case(runner, case, target, stage2, fwb):
-                failed.append(case.name)
-    except (KeyboardInterrupt, SystemExit):
-        # pyperf turns Ctrl-C into SystemExit; keep what was measured before leaving.
-        dest = results.finalise(partial, final, complete=False)
+        failed = _steps(runner, cases, interleave, keeper, _Interrupt())
+    except KeyboardInterrupt:
+        dest = keeper.finish(complete=False)
         raise UserError(f"interrupted; finished cases are in {dest}" if dest else "interrupted before any case finished",
                         code=130) from None
-    dest = results.finalise(partial, final, complete=not failed)
-    print(f"\n{len(cases) - len(failed)} of {len(cases)} cases in {time.monotonic() - t0:.1f} s")
+    dest = keeper.finish(complete=not failed)
+    print(f"\n{len(cases) - len(failed)} of {len(cases)} cases, {args.processes} processes each"
+          f"{' (interleaved)' if interleave else ''}, in {time.monotonic() - t0:.1f} s")
     if dest:
         print(results.summary(dest))
         print(f"\nwrote {dest}")
     if failed:
-        raise UserError(f"{len(failed)} case(s) failed ({', '.join(failed)}); what was measured is in {dest}", code=1)
+        names = ", ".join(cases[i].name for i in failed)
+        where = f"what was measured is in {dest}" if dest else "nothing was measured"
+        raise UserError(f"{len(failed)} case(s) failed ({names}); {where}", code=1)
     return 0
+
+
+def _refuse_existing_output(runner: pyperf.Runner, argv: list[str]) -> None:
+    """pyperf refuses an existing -o file with a line on stdout and exit 1: say it our way."""
+    known, _ = runner.argparser.parse_known_args(argv)
+    if known.output and not known.worker and os.path.exists(known.output):
+        raise UserError(f"{known.output} exists: results are never overwritten; pick another -o")
 
 
 def main(argv: list[str]) -> int:
     """Entry point for `python -m bench run`."""
     runner = make_runner()
+    _refuse_existing_output(runner, argv)
     args = runner.parse_args(argv)
     target = open_target(args.target, args.allow_reads, args.allow_writes)
     attrs = [memtypes.canonical(a) for a in args.attr] or target.attrs()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bench.errors import UserError
 from bench.units import parse_size
+from guestkit import kvmhost
 from guestkit.qemu import ARCHES, get_arch
 
 
@@ -30,7 +31,12 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--ivshmem-file", type=Path, help="backing file of the ivshmem BAR (kept; default: a temporary file)")
     p.add_argument("--vfio", action="append", default=[], metavar="BDF", help="pass a host device bound to vfio-pci through")
     p.add_argument("--timeout", type=float, default=600, help="seconds before the guest is killed (exit 124)")
-    p.add_argument("--memory", type=int, default=1024, help="guest RAM in MiB")
+    p.add_argument("--memory", type=int, default=None, help="guest RAM in MiB (default 1024; 2048 with --kvm-host)")
+    p.add_argument("--kernel", metavar="NAME", help="guest kernel: a Debian version (6.12.117+deb12-arm64), a series "
+                                                  "(6.1, 6.12: the newest the archive has), 'current' (default), or a "
+                                                  "directory with an Image and lib/modules/<version>")
+    p.add_argument("--kvm-host", action="store_true", help="boot as an emulated arm64 KVM host at EL2 (arm64, TCG): "
+                                                           "/dev/kvm, VFIO modules loaded, the ivshmem BAR bound to vfio-pci")
     p.add_argument("--results", type=Path, default=Path("results"), help="host results root (default ./results)")
     p.add_argument("--machine", help="guest machine name, i.e. results/<machine>/ (default qemu-<arch>-<accel>)")
     p.add_argument("--kmod", action="store_true", help="build the dmattr module for the guest kernel and insmod it")
@@ -64,20 +70,37 @@ def cmd_run(argv: list[str]) -> int:
     if shm_file is not None:
         with open(shm_file, "ab") as f:
             f.truncate(size)
+    kernel = _kernel(arch, args.kernel, args.kvm_host)
     extra, setup = {}, []
+    if args.kvm_host:
+        job = kvmhost.host_job(kernel, bind_ivshmem=bool(size))
+        extra.update(job.files)
+        setup += job.setup
     if args.kmod:
         from guestkit import kmod
 
-        extra["dmattr.ko"] = kmod.build(arch, guest_kernel(arch)).read_bytes()
+        extra["dmattr.ko"] = kmod.build(arch, kernel.version if kernel else guest_kernel(arch)).read_bytes()
         setup.append(["insmod", "/dmtbench/dmattr.ko"])
+    memory = args.memory or (kvmhost.MEMORY_MB if args.kvm_host else 1024)
     try:
         return launch.run(arch, command, accel=accel, timeout=args.timeout, results=args.results,
                           machine=args.machine or f"qemu-{arch.name}-{accel}", ivshmem_file=shm_file,
-                          ivshmem_bytes=size, vfio=tuple(args.vfio), memory_mb=args.memory,
-                          show_command=args.show_command, extra=extra, setup=setup)
+                          ivshmem_bytes=size, vfio=tuple(args.vfio), memory_mb=memory,
+                          show_command=args.show_command, extra=extra, setup=setup,
+                          kernel=kernel.image if kernel else None, kvm_host=args.kvm_host)
     finally:
         if temp:
             temp.unlink(missing_ok=True)
+
+
+def _kernel(arch, name: str | None, kvm_host: bool):
+    """The kernel to boot when it is not the default guest kernel (a KVM host needs its
+    modules too, so it always goes through guestkit.kernels)."""
+    if name is None and not kvm_host:
+        return None
+    from guestkit import kernels
+
+    return kernels.get(arch, name or "current")
 
 
 def cmd_kmod(argv: list[str]) -> int:

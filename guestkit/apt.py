@@ -100,6 +100,10 @@ class ForeignApt:
             self.update()
         return self
 
+    def query(self, args: list[str]) -> str:
+        """apt-cache ARGS against these lists (pkgnames, policy, depends...)."""
+        return _run(["apt-cache", *self._opts(), *args], f"apt-cache {args[0]} ({self.arch})")
+
     def depends_on(self, meta: str) -> str:
         """The first Depends of a metapackage (linux-image-arm64 -> linux-image-6.1.0-N-arm64)."""
         out = _run(["apt-cache", *self._opts(), "depends", meta], f"apt-cache depends {meta}")

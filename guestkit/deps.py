@@ -47,6 +47,10 @@ def ensure_host(arch: Arch) -> list[str]:
         done.append(f"{arch.qemu_pkg} from {suite}")
         if (qemu_version(arch.qemu) or (0, 0)) < MIN_QEMU:
             raise UserError(f"{arch.qemu} is still older than {MIN_QEMU[0]}.{MIN_QEMU[1]}: install QEMU >= 9 by hand")
+    if not shutil.which("cpio"):  # to read an initramfs back by hand (and in the tests) with the real tool
+        apt.update()
+        apt.install(["cpio"])
+        done.append("cpio")
     if not arch.native() and not (shutil.which(arch.cross_cc) and Path(arch.cross_header).exists()):
         apt.update()
         apt.install(list(arch.cross_pkgs))

@@ -141,6 +141,9 @@ def build_job(arch: Arch, cache: Path, job: dict, extra: dict[str, bytes] | None
     _add_sources(w, Path(pyperf.__file__).resolve().parent, "dmtbench/site/pyperf")
     w.add_file(f"dmtbench/bench/{kbuild.LIB_NAME}", suite_library(arch, cache).read_bytes(), 0o755)
     w.add_file("dmtbench/job.json", json.dumps(job).encode())
+    dirs = sorted({str(Path(name).parent) for name in extra or {}} - {"."})
+    for d in dirs:  # the kernel's cpio unpacker makes no missing parents
+        w.add_dir(f"dmtbench/{d}")
     for name, data in (extra or {}).items():
         w.add_file(f"dmtbench/{name}", data, 0o644)
     w.close()

@@ -133,15 +133,17 @@ def _job_initrd(arch: Arch, base: Path, job: dict, extra: dict[str, bytes] | Non
 def run(arch: Arch, argv: list[str], *, accel: str, timeout: float, results: Path, machine: str,
         ivshmem_file: Path | None = None, ivshmem_bytes: int = 0, vfio: tuple[str, ...] = (),
         memory_mb: int = 1024, show_command: bool = False, echo=show,
-        extra: dict[str, bytes] | None = None, setup: list[list[str]] | None = None) -> int:
-    """Boot, run argv in the guest, stream results back; returns the command's exit code."""
+        extra: dict[str, bytes] | None = None, setup: list[list[str]] | None = None,
+        kernel: Path | None = None, kvm_host: bool = False) -> int:
+    """Boot, run argv in the guest, stream results back; returns the command's exit code.
+    `kernel` replaces the default guest kernel image (the initramfs is the same)."""
     parts = find_parts(arch)
     job = {"argv": argv, "machine": machine, "setup": setup or [],
            "env": {"DMTBENCH_COMMIT": metadata.git_commit()}}
     initrd = _job_initrd(arch, parts.base, job, extra)
     try:
-        cfg = GuestConfig(parts.kernel, initrd, accel=accel, memory_mb=memory_mb, ivshmem_file=ivshmem_file,
-                          ivshmem_bytes=ivshmem_bytes, vfio=vfio)
+        cfg = GuestConfig(kernel or parts.kernel, initrd, accel=accel, memory_mb=memory_mb, ivshmem_file=ivshmem_file,
+                          ivshmem_bytes=ivshmem_bytes, vfio=vfio, kvm_host=kvm_host)
         qemu_argv = arch.argv(cfg)
         if show_command:
             status(" ".join(qemu_argv))

@@ -23,6 +23,7 @@ class GuestConfig:
     ivshmem_file: Path | None = None
     ivshmem_bytes: int = 0
     vfio: tuple[str, ...] = ()
+    kvm_host: bool = False             # boot at EL2 as an emulated KVM host (arm64, TCG)
     cmdline_extra: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -43,7 +44,7 @@ class Arch:
     pci_bus = "pcie.0"  # the root bus of both -M virt and -M q35
     host_machines: tuple[str, ...] = ()
 
-    def machine_args(self, accel: str) -> list[str]:
+    def machine_args(self, accel: str, kvm_host: bool = False) -> list[str]:
         raise NotImplementedError
 
     def native(self) -> bool:
@@ -60,7 +61,7 @@ class Arch:
         """The full QEMU argv for cfg."""
         if cfg.accel == "kvm" and not (self.native() and os.path.exists("/dev/kvm")):
             raise UserError(f"--accel kvm needs an {self.name} host with /dev/kvm; use --accel tcg here")
-        argv = [self.qemu, *self.machine_args(cfg.accel), "-m", str(cfg.memory_mb), "-smp", str(cfg.cpus),
+        argv = [self.qemu, *self.machine_args(cfg.accel, cfg.kvm_host), "-m", str(cfg.memory_mb), "-smp", str(cfg.cpus),
                 "-nographic", "-no-reboot", "-nic", "none",
                 "-kernel", str(cfg.kernel), "-initrd", str(cfg.initrd), "-append", self.cmdline(cfg)]
         if cfg.ivshmem_file:
@@ -80,11 +81,17 @@ class Arm64(Arch):
     kernel_meta, console = "linux-image-arm64", "ttyAMA0"
     host_machines = ("aarch64", "arm64")
 
-    def machine_args(self, accel: str) -> list[str]:
+    def machine_args(self, accel: str, kvm_host: bool = False) -> list[str]:
+        if kvm_host and accel != "tcg":
+            raise UserError("--kvm-host emulates an arm64 KVM host under TCG (use --accel tcg); on an arm64 "
+                            "server with /dev/kvm run the kvm target there directly")
         if accel == "kvm":
             return ["-M", "virt,gic-version=host", "-cpu", "host", "-accel", "kvm"]
         # -cpu max with multi-threaded TCG (-smp >= 2) models Device-memory alignment faults.
-        return ["-M", "virt", "-cpu", "max", "-accel", "tcg,thread=multi"]
+        # A KVM host starts at EL2 (virtualization=on); VFIO wants an SMMU and, to set up
+        # its IOMMU, interrupt remapping, which GICv3's ITS gives (GICv2m does not).
+        machine = "virt,virtualization=on,iommu=smmuv3,gic-version=3" if kvm_host else "virt"
+        return ["-M", machine, "-cpu", "max", "-accel", "tcg,thread=multi"]
 
 
 class X86_64(Arch):
@@ -95,7 +102,9 @@ class X86_64(Arch):
     kernel_meta, console = "linux-image-amd64", "ttyS0"
     host_machines = ("x86_64", "AMD64")
 
-    def machine_args(self, accel: str) -> list[str]:
+    def machine_args(self, accel: str, kvm_host: bool = False) -> list[str]:
+        if kvm_host:
+            raise UserError("--kvm-host is arm64 only (the stage-2 lab); drop --arch x86_64")
         # -vga none: q35's default VGA would take 00:01.0, where ivshmem goes.
         if accel == "kvm":
             return ["-M", "q35", "-vga", "none", "-cpu", "host", "-accel", "kvm"]

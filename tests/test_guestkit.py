@@ -117,3 +117,16 @@ def test_backports_source_derived_from_configured_mirror(tmp_path, monkeypatch):
 ])
 def test_guestkit_bad_input(args, needles):
     assert_one_line_error(run_cli(*args, module="guestkit"), 2, *needles)
+
+
+def test_kvm_host_argv_boots_at_el2_with_smmu_and_its():
+    argv = get_arch("arm64").argv(GuestConfig(Path("/k"), Path("/i"), kvm_host=True))
+    assert argv[argv.index("-M") + 1] == "virt,virtualization=on,iommu=smmuv3,gic-version=3"
+    assert "-smp" in argv and argv[argv.index("-smp") + 1] == "2"  # alignment faults need MTTCG
+    with pytest.raises(UserError, match="arm64 only"):
+        get_arch("x86_64").argv(GuestConfig(Path("/k"), Path("/i"), kvm_host=True))
+
+
+def test_kvm_host_on_x86_is_one_line_error(tmp_path):
+    proc = run_cli("run", "--arch", "x86_64", "--kvm-host", "--results", str(tmp_path), "--", "true", module="guestkit")
+    assert_one_line_error(proc, 2, "arm64 only")

@@ -13,7 +13,7 @@ from pathlib import Path
 from bench import kbuild
 from bench.errors import UserError
 
-ABI_VERSION = 1  # must match DMT_ABI_VERSION in c_kernels/include/dmt.h
+ABI_VERSION = 2  # must match DMT_ABI_VERSION in c_kernels/include/dmt.h
 
 PER_SIZE, PER_BURST, PER_ACCESS = 1, 2, 3
 READS, WRITES, NEEDS_SRC, NEEDS_INIT, SIZED = 1, 2, 4, 8, 16
@@ -39,6 +39,7 @@ class _Desc(ctypes.Structure):
         ("params", ctypes.c_char_p), ("doc", ctypes.c_char_p), ("per_loop", ctypes.c_uint32),
         ("flags", ctypes.c_uint32), ("default_size", ctypes.c_uint64),
         ("supported", ctypes.c_void_p), ("init", ctypes.c_void_p), ("body", ctypes.c_void_p),
+        ("overhead", ctypes.c_void_p),
     ]
 
 

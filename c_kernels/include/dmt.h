@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DMT_ABI_VERSION 1
+#define DMT_ABI_VERSION 2
 
 /* What one loop iteration accounts for. */
 enum dmt_per_loop {
@@ -52,6 +52,9 @@ struct dmt_kernel {
 	int (*supported)(const struct dmt_args *a);           /* 0 or -errno */
 	int (*init)(struct dmt_args *a);                       /* may be NULL */
 	int (*body)(struct dmt_args *a, uint64_t loops);       /* 0 or -errno */
+	/* May be NULL: ns of the loop's own work that is not the access (a dependency
+	 * chain's ALU ops), measured right after the body and subtracted by dmt_run. */
+	int64_t (*overhead)(struct dmt_args *a, uint64_t loops);
 };
 
 /* Each kernel file defines exactly one descriptor with this macro; kernels.def lists it. */
@@ -69,6 +72,7 @@ enum dmt_feature {
 };
 extern uint32_t dmt_features;
 int dmt_width_supported(uint32_t width);
+uint64_t dmt_now_ns(void); /* the clock dmt_run reads (CLOCK_MONOTONIC) */
 
 /* Common checks shared by the kernels. */
 int dmt_check_sweep(const struct dmt_args *a);

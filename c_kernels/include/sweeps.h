@@ -1,6 +1,9 @@
-/* Width-exact sweeps built from the arch primitives (LDn/STn/NTn/XORn).  Each sweep
+/* Width-exact sweeps built from the arch primitives (LDn/STn/NT2_n/XORn).  Each sweep
  * moves n bytes (n a multiple of 4 * width) with four independent accesses per step,
- * so the loop, not a dependency chain, is what limits the rate. */
+ * so the loop, not a dependency chain, is what limits the rate.  Accumulators start
+ * from ZEROn, not from a load: every load a sweep issues is one it accounts for.
+ * NT2_n(p, x, y) stores x at p and y at p + n as streaming stores of n-byte accesses
+ * (on arm64 one STNP pair), so mode=nt keeps the access size of mode=plain. */
 #ifndef DMT_SWEEPS_H
 #define DMT_SWEEPS_H
 #include "dmt.h"
@@ -16,7 +19,7 @@
 #define DMT_DEFINE_SWEEPS(W)                                                                   \
 	__attribute__((target(DMT_TGT##W))) static uint64_t dmt_rd##W(const char *p, uint64_t n) \
 	{                                                                                      \
-		dmt_v##W a0 = LD##W(p), a1 = a0, a2 = a0, a3 = a0;                             \
+		dmt_v##W a0 = ZERO##W, a1 = a0, a2 = a0, a3 = a0;                             \
 		for (uint64_t i = 0; i < n; i += 4 * W) {                                      \
 			a0 = XOR##W(a0, LD##W(p + i));                                         \
 			a1 = XOR##W(a1, LD##W(p + i + W));                                     \
@@ -30,10 +33,8 @@
 		dmt_v##W v = PAT##W;                                                           \
 		if (nt) {                                                                      \
 			for (uint64_t i = 0; i < n; i += 4 * W) {                              \
-				NT##W(p + i, v);                                               \
-				NT##W(p + i + W, v);                                           \
-				NT##W(p + i + 2 * W, v);                                       \
-				NT##W(p + i + 3 * W, v);                                       \
+				NT2_##W(p + i, v, v);                                          \
+				NT2_##W(p + i + 2 * W, v, v);                                  \
 			}                                                                      \
 			return;                                                                \
 		}                                                                              \
@@ -50,8 +51,7 @@
 		if (nt) {                                                                      \
 			for (uint64_t i = 0; i < n; i += 2 * W) {                              \
 				dmt_v##W x = LD##W(s + i), y = LD##W(s + i + W);               \
-				NT##W(d + i, x);                                               \
-				NT##W(d + i + W, y);                                           \
+				NT2_##W(d + i, x, y);                                          \
 			}                                                                      \
 			return;                                                                \
 		}                                                                              \

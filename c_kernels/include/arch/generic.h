@@ -31,11 +31,11 @@ static inline uint32_t dmt_width_feature(uint32_t width) { (void)width; return 0
 			a.q[i] ^= b.q[i];                                                      \
 		return a;                                                                      \
 	}                                                                                      \
-	static inline dmt_v##W dmt_pat##W(void)                                                \
+	static inline dmt_v##W dmt_fill##W(uint64_t x)                                         \
 	{                                                                                      \
 		dmt_v##W v;                                                                    \
 		for (int i = 0; i < N; i++)                                                    \
-			v.q[i] = 0x5a5a5a5a5a5a5a5aull;                                        \
+			v.q[i] = x;                                                            \
 		return v;                                                                      \
 	}
 DMT_GEN_VEC(8, 1)
@@ -52,10 +52,11 @@ DMT_GEN_VEC(64, 8)
 #define ST32(p, v) dmt_st32((p), (v))
 #define ST64(p, v) dmt_st64((p), (v))
 /* No portable streaming store: NT falls back to plain stores. */
-#define NT8 ST8
-#define NT16 ST16
-#define NT32 ST32
-#define NT64 ST64
+#define DMT_GEN_NT2(W, p, x, y) (dmt_st##W((p), (x)), dmt_st##W((char *)(p) + W, (y)))
+#define NT2_8(p, x, y) DMT_GEN_NT2(8, p, x, y)
+#define NT2_16(p, x, y) DMT_GEN_NT2(16, p, x, y)
+#define NT2_32(p, x, y) DMT_GEN_NT2(32, p, x, y)
+#define NT2_64(p, x, y) DMT_GEN_NT2(64, p, x, y)
 #define XOR8(a, b) dmt_xor8((a), (b))
 #define XOR16(a, b) dmt_xor16((a), (b))
 #define XOR32(a, b) dmt_xor32((a), (b))
@@ -64,10 +65,14 @@ DMT_GEN_VEC(64, 8)
 #define FOLD16(a) ((a).q[0])
 #define FOLD32(a) ((a).q[0])
 #define FOLD64(a) ((a).q[0])
-#define PAT8 dmt_pat8()
-#define PAT16 dmt_pat16()
-#define PAT32 dmt_pat32()
-#define PAT64 dmt_pat64()
+#define PAT8 dmt_fill8(0x5a5a5a5a5a5a5a5aull)
+#define ZERO8 dmt_fill8(0)
+#define PAT16 dmt_fill16(0x5a5a5a5a5a5a5a5aull)
+#define ZERO16 dmt_fill16(0)
+#define PAT32 dmt_fill32(0x5a5a5a5a5a5a5a5aull)
+#define ZERO32 dmt_fill32(0)
+#define PAT64 dmt_fill64(0x5a5a5a5a5a5a5a5aull)
+#define ZERO64 dmt_fill64(0)
 #define DMT_TGT8 "default"
 #define DMT_TGT16 "default"
 #define DMT_TGT32 "default"

@@ -31,31 +31,35 @@ static inline uint32_t dmt_width_feature(uint32_t width)
 typedef uint64_t dmt_v8;
 #define LD8(p) (*(const volatile uint64_t *)(p))
 #define ST8(p, v) (*(volatile uint64_t *)(p) = (v))
-#define NT8(p, v) _mm_stream_si64((long long *)(p), (long long)(v))
+#define NT2_8(p, x, y) (_mm_stream_si64((long long *)(p), (long long)(x)), _mm_stream_si64((long long *)(p) + 1, (long long)(y)))
 #define XOR8(a, b) ((a) ^ (b))
 #define FOLD8(a) (a)
 #define PAT8 0x5a5a5a5a5a5a5a5aull
+#define ZERO8 0ull
 
 #define LD16(p) _mm_load_si128((const __m128i *)(p))
 #define ST16(p, v) _mm_store_si128((__m128i *)(p), (v))
-#define NT16(p, v) _mm_stream_si128((__m128i *)(p), (v))
+#define NT2_16(p, x, y) (_mm_stream_si128((__m128i *)(p), (x)), _mm_stream_si128((__m128i *)(p) + 1, (y)))
 #define XOR16(a, b) _mm_xor_si128((a), (b))
 #define FOLD16(a) ((uint64_t)_mm_cvtsi128_si64(a))
 #define PAT16 _mm_set1_epi64x(PAT8)
+#define ZERO16 _mm_setzero_si128()
 
 #define LD32(p) _mm256_load_si256((const __m256i *)(p))
 #define ST32(p, v) _mm256_store_si256((__m256i *)(p), (v))
-#define NT32(p, v) _mm256_stream_si256((__m256i *)(p), (v))
+#define NT2_32(p, x, y) (_mm256_stream_si256((__m256i *)(p), (x)), _mm256_stream_si256((__m256i *)(p) + 1, (y)))
 #define XOR32(a, b) _mm256_xor_si256((a), (b))
 #define FOLD32(a) ((uint64_t)_mm256_extract_epi64((a), 0))
 #define PAT32 _mm256_set1_epi64x(PAT8)
+#define ZERO32 _mm256_setzero_si256()
 
 #define LD64(p) _mm512_load_si512((const void *)(p))
 #define ST64(p, v) _mm512_store_si512((void *)(p), (v))
-#define NT64(p, v) _mm512_stream_si512((void *)(p), (v))
+#define NT2_64(p, x, y) (_mm512_stream_si512((void *)(p), (x)), _mm512_stream_si512((void *)((char *)(p) + 64), (y)))
 #define XOR64(a, b) _mm512_xor_si512((a), (b))
 #define FOLD64(a) ((uint64_t)_mm512_reduce_add_epi64(a))
 #define PAT64 _mm512_set1_epi64(PAT8)
+#define ZERO64 _mm512_setzero_si512()
 
 #define DMT_TGT8 "sse2"
 #define DMT_TGT16 "sse2"

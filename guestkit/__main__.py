@@ -124,13 +124,19 @@ def guest_kernel(arch) -> str:
     return deps.guest_kernel_version(arch)
 
 
-HANDLERS = {"deps": cmd_deps, "run": cmd_run, "kmod": cmd_kmod}
+def cmd_lab(argv: list[str]) -> int:
+    from guestkit import lab
+
+    return lab.main(argv)
+
+
+HANDLERS = {"deps": cmd_deps, "run": cmd_run, "kmod": cmd_kmod, "lab": cmd_lab}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in HANDLERS:
-        print("usage: python -m guestkit {deps,run,kmod} ...  (-h on each for options)", file=sys.stderr)
+        print("usage: python -m guestkit {deps,run,kmod,lab} ...  (-h on each for options)", file=sys.stderr)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     try:
         return HANDLERS[argv[0]](argv[1:])

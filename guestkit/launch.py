@@ -134,9 +134,10 @@ def run(arch: Arch, argv: list[str], *, accel: str, timeout: float, results: Pat
         ivshmem_file: Path | None = None, ivshmem_bytes: int = 0, vfio: tuple[str, ...] = (),
         memory_mb: int = 1024, show_command: bool = False, echo=show,
         extra: dict[str, bytes] | None = None, setup: list[list[str]] | None = None,
-        kernel: Path | None = None, kvm_host: bool = False) -> int:
+        kernel: Path | None = None, kvm_host: bool = False, rx: Receiver | None = None) -> int:
     """Boot, run argv in the guest, stream results back; returns the command's exit code.
-    `kernel` replaces the default guest kernel image (the initramfs is the same)."""
+    `kernel` replaces the default guest kernel image (the initramfs is the same); pass
+    `rx` to see afterwards which result files came back."""
     parts = find_parts(arch)
     job = {"argv": argv, "machine": machine, "setup": setup or [],
            "env": {"DMTBENCH_COMMIT": metadata.git_commit()}}
@@ -147,7 +148,7 @@ def run(arch: Arch, argv: list[str], *, accel: str, timeout: float, results: Pat
         qemu_argv = arch.argv(cfg)
         if show_command:
             status(" ".join(qemu_argv))
-        return _boot(qemu_argv, timeout, Receiver(results), echo)
+        return _boot(qemu_argv, timeout, rx or Receiver(results), echo)
     finally:
         initrd.unlink(missing_ok=True)
 

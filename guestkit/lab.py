@@ -1,0 +1,164 @@
+"""`python -m guestkit lab`: what each host kernel's KVM gives a guest, side by side.
+
+For each host kernel: one boot of the emulated arm64 KVM host (guestkit.kvmhost) with the
+ivshmem BAR bound to vfio-pci, where guestkit.labhost runs every case of that kernel
+(probes for the backings vfio, sysfs and ram under all seven stage-1 attributes, and the
+`--fast` runs).  Results come home under results/<machine>/; then one table across
+kernels, each cell checked against the KVM-policy prediction (bench.kvmpolicy).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+
+import pyperf
+
+from bench.errors import UserError
+from guestkit import deps, kernels, kvmhost, labtable, launch
+from guestkit.qemu import get_arch
+
+MACHINE = "qemu-arm64-kvmhost"
+DEFAULT_KERNELS = ("current", "6.12")  # Debian's 6.1 and the newest 6.12 it offers for bookworm
+HOST_TIMEOUT = 600.0
+IVSHMEM_BYTES = 4 << 20
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m guestkit lab", description=__doc__.splitlines()[0])
+    p.add_argument("--host-kernel", action="append", default=[], metavar="V",
+                   help="host kernel: Debian version, series (6.1, 6.12), 'current', or a directory with an Image "
+                        "and lib/modules/ (repeatable; default: current 6.1 and the newest 6.12)")
+    p.add_argument("--guest", choices=["payload", "linux"], default="payload",
+                   help="payload: the kvm target's tiny VM (default); linux: a Debian L2 guest under QEMU/KVM")
+    p.add_argument("--probes-only", action="store_true", help="skip the --fast timing runs")
+    p.add_argument("--json", action="store_true", help="print the outcomes as one JSON object")
+    p.add_argument("-o", "--results", type=Path, default=Path("results"), help="results root (default ./results)")
+    p.add_argument("--timeout", type=float, default=HOST_TIMEOUT, help="seconds per host boot before it is killed")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the hosts' consoles")
+    return p
+
+
+def check_qemu() -> None:
+    arch = get_arch("arm64")
+    if (deps.qemu_version(arch.qemu) or (0, 0)) < deps.MIN_QEMU:
+        raise UserError(f"the lab needs {arch.qemu} >= {deps.MIN_QEMU[0]}.{deps.MIN_QEMU[1]}: run 'python -m guestkit deps'")
+    deps.find_parts(arch)
+
+
+class Console:
+    """Keeps the last lines of a host's console; shows them live with --verbose."""
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+        self.tail: deque[str] = deque(maxlen=15)
+
+    def __call__(self, item: launch.Shown) -> None:
+        self.tail.append(item[1].rstrip("\n"))
+        if self.verbose:
+            sys.stderr.write(item[1])
+
+
+def host_argv(guest: str, probes_only: bool) -> list[str]:
+    """The command the emulated host runs (guestkit.labhost for the payload mode)."""
+    if guest == "linux":
+        from guestkit import l2linux
+
+        return l2linux.host_argv(probes_only)
+    return ["python3", "-m", "guestkit.labhost", "--mode", guest, *(["--probes-only"] if probes_only else [])]
+
+
+def run_host(kernel: kernels.Kernel, args) -> tuple[labtable.HostReport, int]:
+    """Boot one host kernel, run its cases; (report, exit code: 0, 124 on timeout, 3 on failure)."""
+    arch = get_arch("arm64")
+    job = kvmhost.host_job(kernel, bind_ivshmem=True)
+    files, setup, memory = dict(job.files), list(job.setup), kvmhost.MEMORY_MB
+    if args.guest == "linux":
+        from guestkit import l2linux
+
+        extra = l2linux.linux_job(kernel)
+        files.update(extra.files)
+        setup += extra.setup
+        memory = extra.memory_mb
+    rx, console, code, error = launch.Receiver(args.results), Console(args.verbose), 0, ""
+    with tempfile.NamedTemporaryFile(prefix="ivshmem-") as shm:
+        shm.truncate(IVSHMEM_BYTES)
+        try:
+            launch.run(arch, host_argv(args.guest, args.probes_only), accel="tcg", timeout=args.timeout,
+                       results=args.results, machine=MACHINE, ivshmem_file=Path(shm.name),
+                       ivshmem_bytes=IVSHMEM_BYTES, memory_mb=memory, echo=console, extra=files, setup=setup,
+                       kernel=kernel.image, kvm_host=True, rx=rx)
+        except UserError as exc:
+            code, error = exc.code, str(exc)
+    report = read_report(kernel.version, args.guest, rx.settle(), error)
+    if error or report.error:
+        print(f"lab: {kernel.version}: {report.error or error}", file=sys.stderr)
+        if console.tail and not args.verbose:
+            print("  last console lines:\n    " + "\n    ".join(console.tail), file=sys.stderr)
+        code = code or 3
+    return report, code
+
+
+def read_report(version: str, guest: str, files: list[Path], error: str) -> labtable.HostReport:
+    """The host's probe file and fast-run files, as a HostReport."""
+    probes = [p for p in files if p.name.endswith("-probes.json")]
+    if not probes:
+        return labtable.HostReport(version, guest, None, (), {}, error or "the host sent no probe results")
+    data = json.loads(probes[-1].read_text())
+    medians = {}
+    for path in files:
+        backing = next((b for b in ("vfio", "sysfs", "ram") if path.stem.endswith(f"-{guest}-{b}")), None)
+        if backing and not path.name.endswith("-probes.json"):
+            medians.update(labtable.medians_of(pyperf.BenchmarkSuite.load(str(path)).get_benchmarks(), backing))
+    why = error or _host_problem(data)
+    return labtable.HostReport(data["host_kernel"], guest, data.get("fwb"), tuple(data["outcomes"]), medians, why)
+
+
+def _host_problem(data: dict) -> str:
+    if not data.get("kvm"):
+        return "no /dev/kvm in the emulated host (a kernel without KVM, or not started at EL2)"
+    failed = {b: v["error"] for b, v in data.get("backings", {}).items() if "error" in v}
+    return "; ".join(f"{b}: {e}" for b, e in failed.items())
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    check_qemu()
+    arch = get_arch("arm64")
+    chosen = [kernels.get(arch, name) for name in args.host_kernel or DEFAULT_KERNELS]  # bad names fail before any boot
+    t0, reports, codes = time.monotonic(), [], []
+    for kernel in chosen:
+        print(f"lab: host {kernel.version} ({args.guest}{', probes only' if args.probes_only else ''}) ...",
+              file=sys.stderr, flush=True)
+        t1 = time.monotonic()
+        report, code = run_host(kernel, args)
+        print(f"lab: host {kernel.version}: {len(report.outcomes)} outcomes in {time.monotonic() - t1:.1f} s",
+              file=sys.stderr, flush=True)
+        reports.append(report)
+        codes.append(code)
+    print_reports(reports, args.json, time.monotonic() - t0)
+    return 124 if 124 in codes else max(codes)
+
+
+def print_reports(reports: list[labtable.HostReport], as_json: bool, wall: float) -> None:
+    bad = labtable.mismatches(reports)
+    if as_json:
+        print(json.dumps({"hosts": [{"host_kernel": r.kernel, "guest": r.guest, "fwb": r.fwb, "error": r.error}
+                                    for r in reports],
+                          "outcomes": [o for r in reports for o in labtable.with_predictions(r)],
+                          "mismatches": bad, "medians": {r.kernel: r.medians for r in reports},
+                          "emulated": True, "seconds": round(wall, 1)}, indent=1))
+        return
+    print(labtable.table(reports))
+    for line in bad:
+        print(f"MISMATCH {line}")
+    ratio = labtable.ratios(reports)
+    if ratio:
+        print()
+        print(ratio)
+    print(f"\n{len(reports)} host kernel(s) in {wall:.1f} s (emulated hosts: classes are real KVM decisions, "
+          "timings are plumbing)")

@@ -1,0 +1,104 @@
+"""The stage-2 lab, inside one emulated KVM host (L1): run every case of that host's boot.
+
+Runs as `python3 -m guestkit.labhost --mode payload [--probes-only]` in L1 (standard
+library and bench only).  For each backing it runs `bench probe` through the `kvm` target
+(all seven stage-1 attributes) and, unless --probes-only, a `--fast` run of the lab's
+workloads; it writes one JSON file of outcomes, tagged with this host's kernel, under
+results/<machine>/, where guestkit's agent picks it up.  A backing that fails is recorded
+with its reason and the others go on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import kvmpolicy, memtypes, metadata
+from bench import results as bench_results
+
+BDF = "0000:00:01.0"  # the ivshmem device guestkit.kvmhost binds to vfio-pci
+BAR = 2
+TARGETS = {"vfio": f"kvm:vfio:{BDF}/{BAR}", "sysfs": f"kvm:sysfs:{BDF}/{BAR}", "ram": "kvm:ram"}
+FAST_WORKLOADS = ("write-bw", "read-bw", "wc-burst", "doorbell", "mmio-read", "copy-to")
+FAST_ATTRS = ("device-ngnre", "normal-nc", "normal")
+FAST_SIZE = "64KiB"  # small enough for TCG, larger than any burst
+
+
+def kernel_log() -> str:
+    """The kernel log as far as it goes (dmesg is in busybox)."""
+    proc = subprocess.run(["dmesg"], capture_output=True, text=True)
+    return proc.stdout
+
+
+def probe_backing(backing: str, attrs: list[str]) -> dict:
+    """`bench probe --json` through the kvm target for one backing; {'error': ...} on failure."""
+    argv = [sys.executable, "-m", "bench", "probe", "--target", TARGETS[backing], "--json"]
+    for attr in attrs:
+        argv += ["--attr", attr]
+    t0 = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    took = time.monotonic() - t0
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"]
+        return {"error": lines[-1].removeprefix("error: "), "seconds": took}
+    data = json.loads(proc.stdout)
+    data["seconds"] = took
+    return data
+
+
+def fast_run(backing: str, results: Path, label: str) -> dict:
+    """The lab's `--fast` run through one backing; its pyperf file lands in results/."""
+    argv = [sys.executable, "-m", "bench", "run", "--target", TARGETS[backing], "--fast", "--size", FAST_SIZE,
+            "--label", label, "--results-dir", str(results)]
+    for attr in FAST_ATTRS:
+        argv += ["--attr", attr]
+    for workload in FAST_WORKLOADS:
+        argv += ["--workload", workload]
+    t0 = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    tail = (proc.stderr.strip().splitlines() or [""])[-1]
+    return {"backing": backing, "exit": proc.returncode, "seconds": time.monotonic() - t0, "message": tail}
+
+
+def outcomes_of(backing: str, data: dict) -> list[dict]:
+    """The probe outcomes of one backing, tagged with it."""
+    return [{"backing": backing, **{k: o.get(k) for k in ("attr", "probe", "result", "code")}}
+            for o in data.get("outcomes", [])]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python3 -m guestkit.labhost")
+    p.add_argument("--mode", default="payload", choices=["payload"])
+    p.add_argument("--probes-only", action="store_true")
+    p.add_argument("--backing", action="append", default=[], choices=list(TARGETS))
+    args = p.parse_args(argv)
+    release = platform.release()
+    results = Path(os.environ.get("DMTBENCH_RESULTS", "results"))
+    out = bench_results.default_path(results, metadata.machine_name(), f"lab-{release}-{args.mode}-probes")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = kernel_log()
+    report: dict = {"host_kernel": release, "guest": args.mode, "fwb": kvmpolicy.fwb_from_log(log),
+                    "kvm": os.path.exists("/dev/kvm"), "el2": "started at EL2" in log,
+                    "emulated": metadata.emulated(), "backings": {}, "outcomes": [], "runs": []}
+    if report["kvm"]:
+        for backing in args.backing or list(TARGETS):
+            data = probe_backing(backing, memtypes.names())
+            report["backings"][backing] = {k: v for k, v in data.items() if k != "outcomes"}
+            report["outcomes"] += outcomes_of(backing, data)
+            out.write_text(json.dumps(report, indent=1))  # what is done so far survives a hang
+        if not args.probes_only:
+            for backing in args.backing or list(TARGETS):
+                report["runs"].append(fast_run(backing, results, f"lab-{release}-{args.mode}-{backing}"))
+                out.write_text(json.dumps(report, indent=1))
+    out.write_text(json.dumps(report, indent=1))
+    print(f"labhost: {release}: {len(report['outcomes'])} outcomes, {len(report['runs'])} runs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

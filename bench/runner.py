@@ -22,9 +22,11 @@ from bench.plan import Case
 from bench.targets import Mapping, Target, open_target
 from bench.targets.ram import RamTarget
 
-# pyperf's defaults (20 processes x 3 values) are sized for noisy Python code; these
-# kernels are stable, and 4 processes keep the default matrix near 30 s on 2 cores.
-PROCESSES, VALUES = 4, 3
+# The worker process is the unit of replication (values inside one process are not
+# independent), so the budget goes to processes: 8 processes x 1 value (after 1 warmup)
+# take about as long as 4 x 3 did (~45 s for the default matrix on this project's 2-vCPU
+# VM) and give the per-process tests twice the replicates.
+PROCESSES, VALUES = 8, 1
 _LISTS = ("attr", "workload", "param", "size")
 _SCALARS = ("target", "stage2", "machine", "results_dir", "label", "round", "schedule")
 
@@ -62,7 +64,7 @@ def make_runner() -> pyperf.Runner:
     p.add_argument("--machine", default=None, help="results/<machine>/ directory name (default: host name)")
     p.add_argument("--results-dir", default=None, help="results root (default: ./results)")
     p.add_argument("--interleave", dest="interleave", action="store_true", default=None,
-                   help="run processes round-robin across cases (default when the run has more than one attribute)")
+                   help="run processes round-robin across cases (the default when there is more than one case)")
     p.add_argument("--no-interleave", dest="interleave", action="store_false",
                    help="run all processes of one case before the next (pyperf's order)")
     p.add_argument("--round", default=None, help=argparse.SUPPRESS)     # worker: which round it is
@@ -74,6 +76,8 @@ def stage2_of(args, target: Target) -> str:
     """The declared stage 2, the target's own knowledge, 'none' on bare metal, else 'unknown'."""
     if args.stage2:
         return args.stage2 if args.stage2 in ("none", "unknown") else memtypes.canonical(args.stage2)
+    if target.own_stage2():  # a target that runs its own VM (kvm) knows its stage 2 anywhere
+        return target.own_stage2()
     if metadata.system()["virt"] == "host" or metadata.emulated():
         return "none"  # bare metal, or TCG: an emulated machine has no hypervisor stage 2
     return target.stage2_hint() or "unknown"
@@ -138,7 +142,7 @@ def inferred_class(mapping: Mapping, target: Target) -> str:
     """Device or normal, as the unaligned-load probe sees it (RAM: known, no probe)."""
     if isinstance(target, RamTarget):
         return "normal"
-    return probe.infer_mapping(mapping)
+    return target.classify(mapping) or probe.infer_mapping(mapping)
 
 
 def _warn_disagreements(cases: list[Case], target: Target, stage2: str, fwb: bool) -> None:
@@ -164,11 +168,12 @@ def _worker(runner: pyperf.Runner, cases: list[Case], target: Target, stage2: st
     args = runner.args
     task = args.worker_task or 0
     for i, case in enumerate(cases):
-        fn = CaseTimer(case, target) if i == task else _never
+        fn = (target.timer(case) or CaseTimer(case, target)) if i == task else _never
         meta = case_metadata(case, target, stage2, fwb)
         if i == task:
             meta["realised"] = fn.mapping.realised
             meta["effective_inferred"] = inferred_class(fn.mapping, target)
+            meta.update(getattr(fn, "metadata", {}))  # a target's own timer (kvm) adds its facts
             # Per-run metadata: report --ref pairs the runs of one round across attributes.
             meta["round"] = int(args.round or 1)
             meta["schedule"] = args.schedule or "sequential"
@@ -270,7 +275,11 @@ def _manager(runner: pyperf.Runner, cases: list[Case], target: Target, stage2: s
         args.affinity = str(max(os.sched_getaffinity(0)))
     _preflight(cases, target)
     _warn_disagreements(cases, target, stage2, fwb)
-    interleave = args.interleave if args.interleave is not None else len({c.attr for c in cases}) > 1
+    # Interleave by default: run sequentially, a case's processes share a few seconds of
+    # the machine's state (on this project's VM write-bw's 8 processes split 18 vs 7 GB/s
+    # at one point in time), so they are pseudo-replicates; interleaved, they sample the
+    # whole run, and slow drift hits every case alike.
+    interleave = args.interleave if args.interleave is not None else len(cases) > 1
     args.schedule = "interleaved" if interleave else "sequential"
     keeper = _Keeper(args, target, cases)
     t0 = time.monotonic()

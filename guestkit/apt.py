@@ -80,16 +80,28 @@ def install(pkgs: list[str], release: str | None = None) -> None:
 class ForeignApt:
     """apt for another Debian architecture, with its own lists in our cache."""
 
-    def __init__(self, arch: str, cache: Path) -> None:
+    def __init__(self, arch: str, cache: Path, suite: str | None = None) -> None:
+        """`suite`: use only that suite of the configured mirror (e.g. sid), with its own
+        source list in the cache, instead of the host's sources."""
         self.arch = arch
         self.cache = cache
-        for sub in ("lists/partial", "apt/archives/partial", "debs"):
+        for sub in ("lists/partial", "apt/archives/partial", "debs", "sources.list.d"):
             (cache / sub).mkdir(parents=True, exist_ok=True)
+        self.sources = None
+        if suite:
+            uris, _, signed = configured_debian_source()
+            self.sources = cache / "sources.list"
+            text = f"deb [{'signed-by=' + signed if signed else ''}] {uris} {suite} main\n".replace("[] ", "")
+            if not self.sources.exists() or self.sources.read_text() != text:
+                self.sources.write_text(text)
 
     def _opts(self) -> list[str]:
-        return [f"-oAPT::Architecture={self.arch}", f"-oAPT::Architectures={self.arch}",
+        opts = [f"-oAPT::Architecture={self.arch}", f"-oAPT::Architectures={self.arch}",
                 f"-oDir::State::Lists={self.cache / 'lists'}", f"-oDir::Cache={self.cache / 'apt'}",
                 "-oDebug::NoLocking=1", "-oAPT::Sandbox::User=root"]
+        if self.sources:
+            opts += [f"-oDir::Etc::SourceList={self.sources}", f"-oDir::Etc::SourceParts={self.cache / 'sources.list.d'}"]
+        return opts
 
     def update(self) -> None:
         _run(["apt-get", *self._opts(), "update", "-qq"], f"apt-get update ({self.arch})")

@@ -58,31 +58,49 @@ def _apt(arch: Arch) -> apt.ForeignApt:
     return lists
 
 
+def _sid(arch: Arch) -> apt.ForeignApt:
+    """sid (unstable) of the same mirror, in lists of its own: the newest Debian kernel."""
+    lists = apt.ForeignApt(arch.debian, arch_cache(arch.name) / "apt-sid", suite="sid")
+    return lists.ensure_lists()
+
+
 @cache
+def offered(arch: Arch) -> dict[str, apt.ForeignApt]:
+    """Every `<version>-<flavour>` kernel of arch's default flavour the archive can give
+    (bookworm with its security and backports suites, then sid), oldest first, with the
+    apt that has it."""
+    found: dict[str, apt.ForeignApt] = {}
+    for a in (_apt(arch), _sid(arch)):
+        names = [n for n in a.query(["pkgnames", "linux-image-"]).split()
+                 if re.fullmatch(rf"linux-image-\d+\.\d+\.\d+(?:-\d+|\+deb\d+)-{arch.debian}", n)]
+        policy = a.query(["policy", *names]) if names else ""
+        for m in re.finditer(r"^linux-image-(\S+):\n\s+Installed: .*\n\s+Candidate: (?!\(none\))", policy, re.M):
+            found.setdefault(m.group(1), a)
+    return dict(sorted(found.items(), key=lambda kv: version_key(kv[0])))
+
+
 def available(arch: Arch) -> tuple[str, ...]:
-    """Every `<version>-<flavour>` kernel of arch's default flavour the archive can give, oldest first."""
-    a = _apt(arch)
-    names = [n for n in a.query(["pkgnames", "linux-image-"]).split()
-             if re.fullmatch(rf"linux-image-\d+\.\d+\.\d+(?:-\d+|\+deb\d+)-{arch.debian}", n)]
-    policy = a.query(["policy", *names]) if names else ""
-    offered = [m.group(1) for m in re.finditer(r"^linux-image-(\S+):\n\s+Installed: .*\n\s+Candidate: (?!\(none\))",
-                                               policy, re.M)]
-    return tuple(sorted((v.removeprefix("linux-image-") for v in offered), key=version_key))
+    """The kernel versions `offered`, oldest first."""
+    return tuple(offered(arch))
 
 
 def resolve(arch: Arch, name: str) -> str:
-    """A kernel name (version, series or 'current') -> the exact Debian version."""
+    """A kernel name (version, series, 'current' or 'sid') -> the exact Debian version."""
     if name == "current":
         return _apt(arch).depends_on(arch.kernel_meta).removeprefix("linux-image-")
     versions = available(arch)
     if name in versions:
         return name
+    if name == "sid":
+        sid = [v for v, a in offered(arch).items() if a.sources]
+        if sid:
+            return sid[-1]
     series = re.fullmatch(r"(\d+)\.(\d+)", name)
     matches = [v for v in versions if series and version_key(v)[:2] == (int(series[1]), int(series[2]))]
     if not matches:
         known = sorted({".".join(map(str, version_key(v)[:2])) for v in versions}, key=lambda s: tuple(map(int, s.split("."))))
         raise UserError(f"no Debian {arch.name} kernel {name!r} in the archive: name a series "
-                        f"({', '.join(known)}), 'current', a version such as {versions[-1] if versions else '?'}, "
+                        f"({', '.join(known)}), 'current', 'sid', a version such as {versions[-1] if versions else '?'}, "
                         "or a directory with an Image and lib/modules/")
     return matches[-1]
 
@@ -96,7 +114,7 @@ def get(arch: Arch, name: str) -> Kernel:
     root = arch_cache(arch.name) / "kernels" / version
     done = root / ".complete"
     if not done.exists():
-        a = _apt(arch)
+        a = offered(arch)[version]
         (deb,) = a.download([f"linux-image-{version}"])
         _unpack_image(a, deb, root, version)
         done.write_text(deb.name)

@@ -23,6 +23,8 @@ def test_series_resolve_to_the_newest_offered(guest_ready):
     assert all(kernels.version_key(v) <= kernels.version_key(newest_612) for v in versions
                if kernels.version_key(v)[:2] == (6, 12))
     assert kernels.resolve(ARM64, "current") in versions
+    # sid, from the same mirror in lists of its own, has the newest kernel (Linux 7.x today).
+    assert kernels.version_key(kernels.resolve(ARM64, "sid")) > kernels.version_key(newest_612)
 
 
 def test_unknown_kernel_lists_what_the_archive_has(guest_ready, tmp_path):

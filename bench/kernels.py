@@ -16,7 +16,7 @@ from bench.errors import UserError
 ABI_VERSION = 2  # must match DMT_ABI_VERSION in c_kernels/include/dmt.h
 
 PER_SIZE, PER_BURST, PER_ACCESS = 1, 2, 3
-READS, WRITES, NEEDS_SRC, NEEDS_INIT, SIZED = 1, 2, 4, 8, 16
+READS, WRITES, NEEDS_SRC, NEEDS_INIT, SIZED, NO_DEVICE = 1, 2, 4, 8, 16, 32
 FEATURE_NAMES = {1: "sse2", 2: "avx2", 4: "avx512f", 8: "movdir64b", 256: "neon", 512: "dczva", 1024: "lse"}
 
 
@@ -77,6 +77,11 @@ class Kernel:
     @property
     def sized(self) -> bool:
         return bool(self.flags & SIZED)
+
+    @property
+    def device_ok(self) -> bool:
+        """False where its instruction faults on Device memory on this arch (arm64 DC ZVA)."""
+        return not self.flags & NO_DEVICE
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)

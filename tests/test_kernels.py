@@ -158,7 +158,9 @@ def test_mmio_read_on_l1_is_the_load_latency():
     _, r = _timer("read-lat", size="4KiB")
     n = 1 << 20
     ms, rs = [], []
-    for _ in range(15):  # interleaved, minimum: the least disturbed value of each
+    for _ in range(60):  # interleaved; the minimum of each is its least disturbed value
         ms.append(m(n))
         rs.append(r(n))
+        if len(ms) >= 5 and 0.8 < min(ms) / min(rs) < 1.2:
+            break  # a loaded machine only adds time: the old 2 cycles never go away
     assert 0.8 < min(ms) / min(rs) < 1.2, (min(ms) / n * 1e9, min(rs) / n * 1e9)

@@ -25,6 +25,7 @@ enum dmt_flags {
 	DMT_NEEDS_SRC = 1u << 2,  /* copy: uses args.ram as the RAM side */
 	DMT_NEEDS_INIT = 1u << 3, /* init() must run (and writes the mapping) */
 	DMT_SIZED = 1u << 4,      /* the result depends on args.size (a sweep makes sense) */
+	DMT_NO_DEVICE = 1u << 5,  /* its instruction faults on Device memory on this arch (DC ZVA) */
 };
 
 struct dmt_args {

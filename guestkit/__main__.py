@@ -35,6 +35,7 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", metavar="NAME", help="guest kernel: a Debian version (6.12.117+deb12-arm64), a series "
                                                   "(6.1, 6.12: the newest the archive has), 'current' (default), or a "
                                                   "directory with an Image and lib/modules/<version>")
+    p.add_argument("--cpu", default="max", help="QEMU CPU model under TCG (default max; e.g. cortex-a57: no FWB, no VHE)")
     p.add_argument("--kvm-host", action="store_true", help="boot as an emulated arm64 KVM host at EL2 (arm64, TCG): "
                                                            "/dev/kvm, VFIO modules loaded, the ivshmem BAR bound to vfio-pci")
     p.add_argument("--results", type=Path, default=Path("results"), help="host results root (default ./results)")
@@ -87,7 +88,7 @@ def cmd_run(argv: list[str]) -> int:
                           machine=args.machine or f"qemu-{arch.name}-{accel}", ivshmem_file=shm_file,
                           ivshmem_bytes=size, vfio=tuple(args.vfio), memory_mb=memory,
                           show_command=args.show_command, extra=extra, setup=setup,
-                          kernel=kernel.image if kernel else None, kvm_host=args.kvm_host)
+                          kernel=kernel.image if kernel else None, kvm_host=args.kvm_host, cpu_model=args.cpu)
     finally:
         if temp:
             temp.unlink(missing_ok=True)

@@ -35,6 +35,8 @@ def parser() -> argparse.ArgumentParser:
                         "and lib/modules/ (repeatable; default: current 6.1 and the newest 6.12)")
     p.add_argument("--guest", choices=["payload", "linux"], default="payload",
                    help="payload: the kvm target's tiny VM (default); linux: a Debian L2 guest under QEMU/KVM")
+    p.add_argument("--cpu", default="max", metavar="MODEL",
+                   help="the emulated host's CPU (default max: FWB, VHE; e.g. cortex-a57: no FWB, nVHE)")
     p.add_argument("--probes-only", action="store_true", help="skip the --fast timing runs")
     p.add_argument("--json", action="store_true", help="print the outcomes as one JSON object")
     p.add_argument("-o", "--results", type=Path, default=Path("results"), help="results root (default ./results)")
@@ -91,7 +93,7 @@ def run_host(kernel: kernels.Kernel, args) -> tuple[labtable.HostReport, int]:
             launch.run(arch, host_argv(args.guest, args.probes_only), accel="tcg", timeout=args.timeout,
                        results=args.results, machine=MACHINE, ivshmem_file=Path(shm.name),
                        ivshmem_bytes=IVSHMEM_BYTES, memory_mb=memory, echo=console, extra=files, setup=setup,
-                       kernel=kernel.image, kvm_host=True, rx=rx)
+                       kernel=kernel.image, kvm_host=True, rx=rx, cpu_model=args.cpu)
         except UserError as exc:
             code, error = exc.code, str(exc)
     report = read_report(kernel.version, args.guest, rx.settle(), error)

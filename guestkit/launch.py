@@ -32,6 +32,19 @@ TIMEOUT_EXIT = 124
 # Firmware (SeaBIOS on x86) clears the screen with escape sequences that can prefix the
 # agent's first line; they are dropped before a line is parsed.
 _ESCAPES = re.compile(r"\x1b(?:\[[0-9;?]*[A-Za-z]|.)")
+# QEMU's line when KVM_RUN fails (e.g. -EFAULT after a stage-2 fault the host's KVM cannot
+# handle).  QEMU then pauses the VM instead of exiting, so the line itself ends the boot.
+KVM_FAILED = re.compile(r"error: kvm run failed")
+VM_KILLED_EXIT = 4
+
+
+class VmKilled(UserError):
+    """The host's KVM stopped the guest (QEMU said `kvm run failed`); `line` is what it said."""
+
+    def __init__(self, line: str, kept: int) -> None:
+        super().__init__(f"the host's KVM killed the VM ({line.strip()}); kept {kept} result file(s); "
+                         "the host kernel log says why", code=VM_KILLED_EXIT)
+        self.line = line.strip()
 
 
 Shown = tuple[str, str]  # (stream: "out" | "err", text including its line end)
@@ -57,11 +70,14 @@ class Receiver:
     received: list[Path] = field(default_factory=list)
     exit_code: int | None = None
     ready_at: float | None = None
+    killed: str | None = None  # QEMU's `kvm run failed` line, once seen
     _record: tuple[str, int, str] | None = None
     _lines: list[str] = field(default_factory=list)
 
     def feed(self, line: str) -> Shown | None:
         """Consume one console line; returns (stream, text) when it is for the user to see."""
+        if self.killed is None and KVM_FAILED.search(line):  # anywhere: QEMU's stderr may split a console line
+            self.killed = _ESCAPES.sub("", line)
         tag, _, rest = line.partition(" ")
         if tag in agent.STREAM_TAGS and not self._record:
             stream, end = agent.STREAM_TAGS[tag]
@@ -134,7 +150,8 @@ def run(arch: Arch, argv: list[str], *, accel: str, timeout: float, results: Pat
         ivshmem_file: Path | None = None, ivshmem_bytes: int = 0, vfio: tuple[str, ...] = (),
         memory_mb: int = 1024, show_command: bool = False, echo=show,
         extra: dict[str, bytes] | None = None, setup: list[list[str]] | None = None,
-        kernel: Path | None = None, kvm_host: bool = False, rx: Receiver | None = None) -> int:
+        kernel: Path | None = None, kvm_host: bool = False, rx: Receiver | None = None,
+        cpu_model: str = "max") -> int:
     """Boot, run argv in the guest, stream results back; returns the command's exit code.
     `kernel` replaces the default guest kernel image (the initramfs is the same); pass
     `rx` to see afterwards which result files came back."""
@@ -144,7 +161,8 @@ def run(arch: Arch, argv: list[str], *, accel: str, timeout: float, results: Pat
     initrd = _job_initrd(arch, parts.base, job, extra)
     try:
         cfg = GuestConfig(kernel or parts.kernel, initrd, accel=accel, memory_mb=memory_mb, ivshmem_file=ivshmem_file,
-                          ivshmem_bytes=ivshmem_bytes, vfio=vfio, kvm_host=kvm_host)
+                          ivshmem_bytes=ivshmem_bytes, vfio=vfio, kvm_host=kvm_host,
+                          cpu_model=cpu_model)
         qemu_argv = arch.argv(cfg)
         if show_command:
             status(" ".join(qemu_argv))
@@ -166,6 +184,8 @@ def _boot(qemu_argv: list[str], timeout: float, rx: Receiver, echo) -> int:
     boot = f", booted in {rx.ready_at - t0:.1f} s" if rx.ready_at else ""
     status(f"guestkit: guest ran {wall:.1f} s{boot}; {len(kept)} result file(s) back: "
            + ", ".join(str(p) for p in kept))
+    if rx.killed is not None:
+        raise VmKilled(rx.killed, len(kept))
     if timed_out:
         raise UserError(f"guest timed out after {timeout:.0f} s and was killed; kept {len(kept)} result file(s) "
                         "(raise --timeout if it was just slow)", code=TIMEOUT_EXIT)
@@ -198,6 +218,9 @@ def _pump(proc: subprocess.Popen, deadline: float, rx: Receiver, echo) -> bool:
                 if shown is not None:
                     echo(shown)
         if rx.exit_code is not None and proc.poll() is not None:
+            break
+        if rx.killed is not None:  # QEMU paused the VM and would wait forever
+            proc.kill()
             break
     try:
         proc.wait(timeout=10)

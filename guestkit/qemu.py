@@ -20,6 +20,7 @@ class GuestConfig:
     accel: str = "tcg"                 # tcg | kvm
     memory_mb: int = 1024
     cpus: int = 2
+    cpu_model: str = "max"             # the emulated CPU (TCG); e.g. cortex-a57: no FWB, no VHE
     ivshmem_file: Path | None = None
     ivshmem_bytes: int = 0
     vfio: tuple[str, ...] = ()
@@ -44,7 +45,7 @@ class Arch:
     pci_bus = "pcie.0"  # the root bus of both -M virt and -M q35
     host_machines: tuple[str, ...] = ()
 
-    def machine_args(self, accel: str, kvm_host: bool = False) -> list[str]:
+    def machine_args(self, accel: str, kvm_host: bool = False, cpu: str = "max") -> list[str]:
         raise NotImplementedError
 
     def native(self) -> bool:
@@ -61,15 +62,19 @@ class Arch:
         """The full QEMU argv for cfg."""
         if cfg.accel == "kvm" and not (self.native() and os.path.exists("/dev/kvm")):
             raise UserError(f"--accel kvm needs an {self.name} host with /dev/kvm; use --accel tcg here")
-        argv = [self.qemu, *self.machine_args(cfg.accel, cfg.kvm_host), "-m", str(cfg.memory_mb), "-smp", str(cfg.cpus),
+        argv = [self.qemu, *self.machine_args(cfg.accel, cfg.kvm_host, cfg.cpu_model), "-m", str(cfg.memory_mb), "-smp", str(cfg.cpus),
                 "-nographic", "-no-reboot", "-nic", "none",
                 "-kernel", str(cfg.kernel), "-initrd", str(cfg.initrd), "-append", self.cmdline(cfg)]
         if cfg.ivshmem_file:
             argv += ["-object", f"memory-backend-file,id=ivshmem0,size={cfg.ivshmem_bytes},"
                                 f"mem-path={cfg.ivshmem_file},share=on",
                      "-device", f"ivshmem-plain,memdev=ivshmem0,bus={self.pci_bus},addr={IVSHMEM_ADDR:#x}"]
-        for bdf in cfg.vfio:
-            argv += ["-device", f"vfio-pci,host={bdf}"]
+        # Passed-through devices take the next slots after ivshmem, so a guest can name
+        # them (the stage-2 lab's L2 sees the host's ivshmem at 0000:00:01.0); rombar=0: a
+        # -kernel boot runs no option ROM, and a device without one only makes QEMU warn.
+        first = IVSHMEM_ADDR + (1 if cfg.ivshmem_file else 0)
+        for slot, bdf in enumerate(cfg.vfio, first):
+            argv += ["-device", f"vfio-pci,host={bdf},rombar=0,bus={self.pci_bus},addr={slot:#x}"]
         return argv
 
 
@@ -81,7 +86,7 @@ class Arm64(Arch):
     kernel_meta, console = "linux-image-arm64", "ttyAMA0"
     host_machines = ("aarch64", "arm64")
 
-    def machine_args(self, accel: str, kvm_host: bool = False) -> list[str]:
+    def machine_args(self, accel: str, kvm_host: bool = False, cpu: str = "max") -> list[str]:
         if kvm_host and accel != "tcg":
             raise UserError("--kvm-host emulates an arm64 KVM host under TCG (use --accel tcg); on an arm64 "
                             "server with /dev/kvm run the kvm target there directly")
@@ -91,7 +96,7 @@ class Arm64(Arch):
         # A KVM host starts at EL2 (virtualization=on); VFIO wants an SMMU and, to set up
         # its IOMMU, interrupt remapping, which GICv3's ITS gives (GICv2m does not).
         machine = "virt,virtualization=on,iommu=smmuv3,gic-version=3" if kvm_host else "virt"
-        return ["-M", machine, "-cpu", "max", "-accel", "tcg,thread=multi"]
+        return ["-M", machine, "-cpu", cpu, "-accel", "tcg,thread=multi"]
 
 
 class X86_64(Arch):
@@ -102,13 +107,13 @@ class X86_64(Arch):
     kernel_meta, console = "linux-image-amd64", "ttyS0"
     host_machines = ("x86_64", "AMD64")
 
-    def machine_args(self, accel: str, kvm_host: bool = False) -> list[str]:
+    def machine_args(self, accel: str, kvm_host: bool = False, cpu: str = "max") -> list[str]:
         if kvm_host:
             raise UserError("--kvm-host is arm64 only (the stage-2 lab); drop --arch x86_64")
         # -vga none: q35's default VGA would take 00:01.0, where ivshmem goes.
         if accel == "kvm":
             return ["-M", "q35", "-vga", "none", "-cpu", "host", "-accel", "kvm"]
-        return ["-M", "q35", "-vga", "none", "-cpu", "max", "-accel", "tcg,thread=multi"]
+        return ["-M", "q35", "-vga", "none", "-cpu", cpu, "-accel", "tcg,thread=multi"]
 
 
 ARCHES: dict[str, Arch] = {a.name: a for a in (Arm64(), X86_64())}

@@ -76,6 +76,8 @@ def stage2_of(args, target: Target) -> str:
     """The declared stage 2, the target's own knowledge, 'none' on bare metal, else 'unknown'."""
     if args.stage2:
         return args.stage2 if args.stage2 in ("none", "unknown") else memtypes.canonical(args.stage2)
+    if target.own_stage2():  # a target that runs its own VM (kvm) knows its stage 2 anywhere
+        return target.own_stage2()
     if metadata.system()["virt"] == "host" or metadata.emulated():
         return "none"  # bare metal, or TCG: an emulated machine has no hypervisor stage 2
     return target.stage2_hint() or "unknown"
@@ -140,7 +142,7 @@ def inferred_class(mapping: Mapping, target: Target) -> str:
     """Device or normal, as the unaligned-load probe sees it (RAM: known, no probe)."""
     if isinstance(target, RamTarget):
         return "normal"
-    return probe.infer_mapping(mapping)
+    return target.classify(mapping) or probe.infer_mapping(mapping)
 
 
 def _warn_disagreements(cases: list[Case], target: Target, stage2: str, fwb: bool) -> None:
@@ -166,11 +168,12 @@ def _worker(runner: pyperf.Runner, cases: list[Case], target: Target, stage2: st
     args = runner.args
     task = args.worker_task or 0
     for i, case in enumerate(cases):
-        fn = CaseTimer(case, target) if i == task else _never
+        fn = (target.timer(case) or CaseTimer(case, target)) if i == task else _never
         meta = case_metadata(case, target, stage2, fwb)
         if i == task:
             meta["realised"] = fn.mapping.realised
             meta["effective_inferred"] = inferred_class(fn.mapping, target)
+            meta.update(getattr(fn, "metadata", {}))  # a target's own timer (kvm) adds its facts
             # Per-run metadata: report --ref pairs the runs of one round across attributes.
             meta["round"] = int(args.round or 1)
             meta["schedule"] = args.schedule or "sequential"

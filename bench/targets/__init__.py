@@ -16,6 +16,9 @@ SPECS = {
     "pci:<BDF>/<bar>": "a PCI BAR through sysfs resourceN / resourceN_wc",
     "kmod": "a contiguous kernel buffer with any attribute (guestkit dmattr module)",
     "kmod:pci:<BDF>/<bar>": "a PCI BAR with any attribute (guestkit dmattr module)",
+    "kvm:vfio:<BDF>/<bar>": "a vfio-pci BAR inside a tiny KVM guest: all 7 stage-1 attributes, the host's stage 2",
+    "kvm:sysfs:<BDF>/<bar>": "a sysfs resourceN mmap inside a tiny KVM guest",
+    "kvm:ram": "anonymous RAM inside a tiny KVM guest",
 }
 
 
@@ -27,6 +30,10 @@ def open_target(spec: str, allow_reads: bool = False, allow_writes: bool = False
         return PciTarget(spec, allow_reads, allow_writes)
     if spec == "kmod" or spec.startswith("kmod:pci:"):
         return KmodTarget(spec, allow_reads, allow_writes)
+    if spec.startswith("kvm:"):
+        from bench.targets.kvm import KvmTarget  # imports the probe table: only when asked
+
+        return KvmTarget(spec, allow_reads, allow_writes)
     raise UserError(f"unknown target {spec!r}: use one of {', '.join(SPECS)}")
 
 
@@ -42,11 +49,13 @@ def discover() -> list[str]:
         except (OSError, ValueError):
             continue
         specs += [f"pci:{dev.name}/{i}" for i, b in enumerate(bars) if b.size and b.is_mem and (*ids, i) in SCRATCH]
-    return specs
+    from bench.targets import kvm
+
+    return specs + kvm.discover()
 
 
 def describe(target: Target) -> str:
-    if isinstance(target, PciTarget):
+    if isinstance(target, PciTarget) or target.spec.startswith("kvm:"):
         return target.describe()
     if isinstance(target, KmodTarget) and target.pci:
         return "dmattr over " + target.pci.describe()

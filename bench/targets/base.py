@@ -71,6 +71,31 @@ class Target(ABC):
     def check_access(self, attr: str, reads: bool, writes: bool) -> None:
         """UserError when a workload's reads or writes are not allowed on this target."""
 
+    # Hooks for a target that runs kernels and probes somewhere else (kvm: inside a VM).
+    # The defaults mean "here, in this process": the runner's CaseTimer and forked probes.
+    def timer(self, case) -> Callable[[int], float] | None:
+        """pyperf's time function for `case` (callable(loops) -> seconds) with attributes
+        `mapping` and `metadata` (merged into the benchmark's), or None for CaseTimer."""
+        return None
+
+    def classify(self, mapping: Mapping) -> str | None:
+        """'device' or 'normal' as this target's own probe sees mapping.attr (None: fork
+        the unaligned-load probe here)."""
+        return None
+
+    def own_stage2(self) -> str | None:
+        """The stage-2 attribute this target itself puts under its memory (a VMM it runs),
+        which holds even on bare metal or under TCG; None for targets without one."""
+        return None
+
+    def stage2_facts(self) -> dict[str, str]:
+        """Metadata about that stage 2 (predicted, observed, host kernel, FWB)."""
+        return {}
+
+    def run_probes(self, attrs: list[str], selected: list, stage2: str | None) -> dict[str, list] | None:
+        """Probe outcomes per attribute when the target runs the probes itself, else None."""
+        return None
+
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -80,10 +105,10 @@ _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-def map_memory(size: int, prot: int, flags: int, fd: int = -1) -> tuple[int, Callable[[], None]]:
+def map_memory(size: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> tuple[int, Callable[[], None]]:
     """mmap(2) through libc (Python's mmap cannot give the address of a read-only map).
     Returns (address, unmap); OSError on failure."""
-    ptr = _libc.mmap(None, size, prot, flags, fd, 0)
+    ptr = _libc.mmap(None, size, prot, flags, fd, offset)
     if ptr in (None, MAP_FAILED):
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))

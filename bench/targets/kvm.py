@@ -1,0 +1,335 @@
+"""`kvm:vfio:<BDF>/<bar>`, `kvm:sysfs:<BDF>/<bar>`, `kvm:ram`: memory as a KVM guest sees it.
+
+The tiny VMM (c_kernels/kvm/) puts the memory in a memslot of a one-vCPU VM whose payload
+maps it with every stage-1 attribute (its own MAIR), so all seven are available.  The
+stage-2 attribute is the host kernel's own choice for that backing; it is predicted from
+the KVM-policy table (bench.kvmpolicy) and observed with a probe (Normal stage 1 +
+unaligned load: the VM killed = stage-2 Device, completed = stage-2 Normal).  Kernels and
+probes run inside the guest; the payload's clock is CNTVCT_EL0.
+"""
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import platform
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from bench import kernels, kvmpolicy, memtypes, metadata
+from bench.errors import UserError
+from bench.plan import Case
+from bench.probe import Outcome, Probe, probes
+from bench.targets import vfio
+from bench.targets.base import Availability, Mapping, Target, map_memory
+from bench.targets.kvmvm import OP_INIT, OP_PREFAULT, OP_PROBE, OP_RUN, Answer, Vm, VmError
+from bench.targets.pci import PciTarget
+
+FORMS = "kvm:vfio:<BDF>/<bar>, kvm:sysfs:<BDF>/<bar> or kvm:ram"
+ARCH_FIXED = ("ldp", "stp", "dc-zva", "exclusive", "atomic")  # outcome not fixed by the architecture
+PROBE_TIMEOUT_MS, RUN_TIMEOUT_MS = 5000, 120000
+MAIR = sum((a.mair or 0) << (8 * i) for i, a in enumerate(memtypes.ATTRS)) | 0xFF << 56
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """'kvm:vfio:0000:00:01.0/2' -> ('vfio', 'pci:0000:00:01.0/2'); 'kvm:ram' -> ('ram', '')."""
+    body = spec.removeprefix("kvm:")
+    backing, _, rest = body.partition(":")
+    if backing == "ram" and not rest:
+        return "ram", ""
+    if backing in ("vfio", "sysfs") and rest:
+        return backing, f"pci:{rest}"
+    if backing in kvmpolicy.BACKINGS:
+        raise UserError(f"bad kvm target {spec!r}: use {FORMS}")
+    raise UserError(f"unknown kvm backing {backing!r} in {spec!r}: use {FORMS}")
+
+
+def check_host() -> None:
+    """UserError unless this is an arm64 Linux host with a usable /dev/kvm."""
+    if platform.machine() not in ("aarch64", "arm64"):
+        raise UserError(f"the kvm target needs an arm64 KVM host, this is {platform.machine()}: "
+                        "run it there, or here in an emulated one: python -m guestkit run --kvm-host -- ...")
+    if not os.path.exists("/dev/kvm"):
+        raise UserError("no /dev/kvm: this kernel offers no KVM (boot it at EL2, load kvm, or use python -m guestkit run --kvm-host)")
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        raise UserError("no permission to use /dev/kvm: run as root or join the kvm group")
+
+
+@dataclass(frozen=True)
+class Backing:
+    """The host mapping that becomes the VM's target memslot."""
+
+    ptr: int
+    size: int
+    writable: bool
+    realised: str
+    close: object
+
+
+def _read_log() -> str:
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    lines = []
+    try:
+        while True:
+            try:
+                lines.append(os.read(fd, 8192).decode(errors="replace").split(";", 1)[-1])
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.EPIPE:
+                    break
+    finally:
+        os.close(fd)
+    return "".join(lines)
+
+
+class KvmTarget(Target):
+    """The memory of one backing, seen from inside a tiny KVM guest."""
+
+    def __init__(self, spec: str, allow_reads: bool = False, allow_writes: bool = False) -> None:
+        self.backing, pci_spec = parse_spec(spec)
+        check_host()
+        self.pci = PciTarget(pci_spec, allow_reads, allow_writes) if pci_spec else None
+        self.spec = f"kvm:{self.backing}" + (f":{self.pci.spec.removeprefix('pci:')}" if self.pci else "")
+        if self.backing == "vfio":
+            vfio.check_bound(self.pci.dev)
+
+    # --- what the host is and what KVM should do ---------------------------------------
+    @cached_property
+    def release(self) -> str:
+        return platform.release()
+
+    @cached_property
+    def prediction(self) -> kvmpolicy.Prediction:
+        return kvmpolicy.predict(self.release, self.backing)
+
+    @cached_property
+    def fwb(self) -> bool | None:
+        return kvmpolicy.fwb_from_log(_read_log())
+
+    @cached_property
+    def observed(self) -> str:
+        """Stage-2 class seen by the probe (normal stage 1 + unaligned 8-byte load)."""
+        probe = next(p for p in probes() if p.name == "load8-unaligned")
+        backing = self._map(4096)
+        try:
+            answer = self._probe_vm(backing, lambda vm: vm.call(OP_PROBE, probe.index, self.attr_index("normal"),
+                                                                 timeout_ms=PROBE_TIMEOUT_MS))
+        finally:
+            backing.close()
+        return kvmpolicy.observed_class("ok" if answer.status == "done" and answer.ret == 0 else answer.status)
+
+    def stage2_facts(self) -> dict[str, str]:
+        """Metadata: backing, host kernel, FWB, predicted and observed stage 2."""
+        agrees = self.observed == "unknown" or self.observed == self.prediction.cls
+        if not agrees:
+            print(f"warning: {self.spec}: the KVM-policy table predicts stage-2 {self.prediction.stage2} "
+                  f"({self.prediction.cls}) on Linux {self.release}, but the probe sees {self.observed} memory")
+        return {"backing": self.backing, "host_kernel": self.release,
+                "fwb": {True: "true", False: "false", None: "unknown"}[self.fwb],
+                "stage2_predicted": self.prediction.stage2, "stage2_reason": self.prediction.reason,
+                "stage2_observed": self.observed, "stage2_agrees": "true" if agrees else "false",
+                "hypervisor": "kvm (this host)", "emulated": "true" if metadata.emulated() else "false"}
+
+    def own_stage2(self) -> str | None:
+        return self.prediction.stage2
+
+    # --- Target interface -------------------------------------------------------------------
+    def availability(self) -> list[Availability]:
+        return [Availability(name, True) for name in memtypes.names()]  # the payload's MAIR has all seven
+
+    def max_size(self) -> int | None:
+        return self.pci.bar.size if self.pci else None
+
+    def check_access(self, attr: str, reads: bool, writes: bool) -> None:
+        if self.pci:
+            self.pci.check_access(attr, reads, writes)
+
+    def describe(self) -> str:
+        what = {"vfio": "vfio-pci region mmap", "sysfs": "sysfs resourceN mmap", "ram": "anonymous RAM"}[self.backing]
+        dev = f" of {self.pci.describe()}" if self.pci else ""
+        return (f"{what}{dev} in a KVM guest (host Linux {self.release}; KVM-policy stage 2: "
+                f"{self.prediction.stage2})")
+
+    def attr_index(self, attr: str) -> int:
+        return memtypes.names().index(memtypes.canonical(attr))
+
+    def open(self, attr: str, size: int) -> Mapping:
+        """The host side of the memslot (what the VM will map); the guest's view is made
+        per case by timer() and run_probes()."""
+        attr = memtypes.canonical(attr)
+        b = self._map(size)
+        return Mapping(b.ptr, b.size, attr, f"{b.realised}; stage 1 {attr} (payload MAIR)", b.writable,
+                       self.spec, b.close)
+
+    def _map(self, size: int) -> Backing:
+        if self.pci and size > self.pci.bar.size:
+            raise UserError(f"{self.spec}: BAR {self.pci.index} is {self.pci.bar.size} bytes, smaller than the "
+                            f"{size} asked: pass a smaller --size")
+        writable = self.pci.allow_writes if self.pci else True
+        if self.backing == "ram":
+            length = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+            ptr, close = map_memory(length, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            return Backing(ptr, length, True, "anonymous mmap (KVM: guest RAM)", close)
+        if self.backing == "vfio":
+            r = vfio.open_region(self.pci.dev, self.pci.index, writable)
+            return Backing(r.ptr, r.size, writable, f"vfio-pci region {self.pci.index} at offset {r.offset:#x}", r.close)
+        return self._map_sysfs(writable)
+
+    def _map_sysfs(self, writable: bool) -> Backing:
+        path = self.pci.dev / f"resource{self.pci.index}"
+        self.pci._enable()  # memory decoding on, as the pci target does
+        try:
+            fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        except OSError as exc:
+            raise UserError(f"cannot open {path}: {exc.strerror}") from None
+        try:
+            size = os.fstat(fd).st_size  # the BAR's size (lseek on resourceN does not give it)
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+            ptr, close = map_memory(size, prot, mmap.MAP_SHARED, fd)
+        except OSError as exc:
+            raise UserError(f"cannot mmap {path}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        return Backing(ptr, size, writable, f"sysfs {path.name} mmap", close)
+
+    def _vm(self, backing: Backing, ram: int = 0, heap: int = 1 << 20, timeout_ms: int = PROBE_TIMEOUT_MS) -> Vm:
+        try:
+            return Vm(backing.ptr, backing.size, MAIR, ram, heap, timeout_ms, readonly=not backing.writable)
+        except VmError as exc:
+            raise UserError(f"{self.spec}: the VM did not start: {exc}") from None
+
+    def _probe_vm(self, backing: Backing, fn) -> Answer:
+        with self._vm(backing) as vm:
+            return fn(vm)
+
+    # --- hooks the runner and `bench probe` call ---------------------------------------------
+    def classify(self, mapping: Mapping) -> str:
+        """Device or normal for mapping.attr, from the unaligned 8-byte load in the guest."""
+        probe = next(p for p in probes() if p.name == "load8-unaligned")
+        b = Backing(mapping.ptr, mapping.size, mapping.writable, mapping.realised, mapping.close)
+        answer = self._probe_vm(b, lambda vm: vm.call(OP_PROBE, probe.index, self.attr_index(mapping.attr),
+                                                      timeout_ms=PROBE_TIMEOUT_MS))
+        return _class_of(answer)
+
+    def timer(self, case: Case) -> "KvmTimer":
+        return KvmTimer(self, case)
+
+    def run_probes(self, attrs: list[str], selected: list[Probe], stage2: str | None) -> dict[str, list[Outcome]]:
+        """Every probe for every attribute inside VMs over one host mapping; a fresh VM after
+        one is killed or hangs."""
+        s2 = stage2 if stage2 not in (None, "none", "unknown") else self.prediction.stage2
+        backing = self._map(4096)
+        vm: Vm | None = None
+        rows: dict[str, list[Outcome]] = {}
+        try:
+            for attr in attrs:
+                rows[attr] = []
+                for p in selected:
+                    if p.writes and not backing.writable:
+                        rows[attr].append(Outcome(attr, p.name, "skip", "writes not allowed (--allow-writes)"))
+                        continue
+                    vm = vm or self._vm(backing)
+                    answer = vm.call(OP_PROBE, p.index, self.attr_index(attr), timeout_ms=PROBE_TIMEOUT_MS)
+                    if answer.status not in ("done", "fault"):
+                        vm.close()
+                        vm = None
+                    result, code = _probe_result(answer)
+                    rows[attr].append(Outcome(attr, p.name, result, code, expected_outcome(p, attr, s2)))
+        finally:
+            if vm:
+                vm.close()
+            backing.close()
+        return rows
+
+
+def expected_outcome(probe: Probe, attr: str, stage2: str) -> str:
+    """The outcome the architecture fixes for stage-1 `attr` over `stage2`: an EL1
+    alignment fault when stage 1 is Device (checked before stage 2), the VM killed by a
+    stage-2 alignment fault when only stage 2 is Device (KVM: 'Unsupported FSC'), else ok;
+    '' where the architecture allows several (pairs, DC ZVA, exclusives, atomics)."""
+    if probe.name in ARCH_FIXED:
+        return ""
+    if not probe.unaligned:
+        return "ok"
+    if memtypes.get(attr).device:
+        return "fault"
+    return "killed" if memtypes.get(stage2).device else "ok"
+
+
+def _probe_result(a: Answer) -> tuple[str, str]:
+    if a.status == "done":
+        if a.ret == -errno.EOPNOTSUPP:
+            return "skip", "not on this CPU"
+        return ("ok", "") if a.ret == 0 else (f"exit {a.ret}", "")
+    return a.status, a.code
+
+
+def _class_of(a: Answer) -> str:
+    if a.status == "fault" and a.esr & 0x3F == 0x21:  # DFSC: alignment fault
+        return "device"
+    if a.status == "killed":
+        return "device"  # the only stage-2 fault an unaligned access to a memslot raises
+    return "normal" if a.status == "done" and a.ret == 0 else "unknown"
+
+
+class KvmTimer:
+    """pyperf's time function for one case: one VM, the kernel initialised in the guest,
+    then each call runs `loops` iterations there and returns the guest-timed seconds."""
+
+    def __init__(self, target: KvmTarget, case: Case) -> None:
+        self.case, self.target = case, target
+        self.mapping = target.open(case.attr, case.size)
+        b = Backing(self.mapping.ptr, self.mapping.size, self.mapping.writable, self.mapping.realised, self.mapping.close)
+        needs_ram = bool(case.kernel.flags & kernels.NEEDS_SRC)
+        self.vm = target._vm(b, ram=case.size if needs_ram else 0, heap=case.size // 8 + (1 << 20),
+                             timeout_ms=RUN_TIMEOUT_MS)
+        self.attr = target.attr_index(case.attr)
+        # Stage-2 faults of the first touch are not timed; stores only where the kernel writes.
+        self._ok(self.vm.call(OP_PREFAULT, 0, self.attr, loops=int(case.kernel.writes)), "prefault")
+        self._ok(self.vm.call(OP_INIT, case.kernel.index, self.attr, args=case.args()), "init")
+        self.metadata = {**target.stage2_facts(), "clock": f"CNTVCT_EL0 in the guest ({self.vm.cntfrq} Hz)",
+                         "realised": self.mapping.realised, "effective_inferred": target.classify(self.mapping)}
+        fwb = target.fwb is True
+        self.metadata["effective"] = memtypes.combine(case.attr, target.prediction.stage2, fwb).effective
+
+    def _ok(self, answer: Answer, step: str) -> int:
+        if answer.status != "done":
+            what = {"killed": "VM killed by the host", "fault": "exception in the guest"}.get(answer.status, answer.status)
+            raise UserError(f"{self.case.name}: {what} during {step}: {answer.code or answer.detail}")
+        if answer.ret < 0:
+            raise UserError(f"{self.case.name}: kernel {step} failed in the guest with {os.strerror(-answer.ret)}")
+        return answer.ret
+
+    def __call__(self, loops: int) -> float:
+        return self._ok(self.vm.call(OP_RUN, self.case.kernel.index, self.attr, loops), "the timed loop") * 1e-9
+
+    def close(self) -> None:
+        self.vm.close()
+        self.mapping.close()
+
+
+def discover() -> list[str]:
+    """kvm specs worth listing on this host: kvm:ram, and the scratch BARs (vfio when bound
+    to vfio-pci, sysfs always)."""
+    if platform.machine() not in ("aarch64", "arm64") or not os.path.exists("/dev/kvm"):
+        return []
+    from bench.targets.pci import SCRATCH, read_bars, sysfs_root
+
+    specs = ["kvm:ram"]
+    root = sysfs_root()
+    for dev in sorted(root.iterdir()) if root.is_dir() else []:
+        try:
+            ids = (int((dev / "vendor").read_text(), 16), int((dev / "device").read_text(), 16))
+            bars = read_bars(dev)
+        except (OSError, ValueError):
+            continue
+        bound = (dev / "driver").exists() and Path(os.path.realpath(dev / "driver")).name == "vfio-pci"
+        for i, b in enumerate(bars):
+            if b.size and b.is_mem and (*ids, i) in SCRATCH:
+                specs += ([f"kvm:vfio:{dev.name}/{i}"] if bound else []) + [f"kvm:sysfs:{dev.name}/{i}"]
+    return specs

@@ -1,0 +1,221 @@
+"""ctypes view of the tiny VMM (c_kernels/kvm/vmm.c): one KVM VM running the payload.
+
+A request ends as an Answer: done (the payload's return value), fault (an exception the
+payload took at EL1, with ESR/FAR/ELR), killed (KVM_RUN failed; `detail` is the host
+kernel's log line that says why), hang, or error.  A killed VM is an outcome, not a crash.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from bench import kbuild, kvmbuild
+from bench.errors import UserError
+from bench.kernels import Args
+
+VMM_ABI = 1
+OP_INFO, OP_INIT, OP_RUN, OP_PROBE, OP_PREFAULT = 1, 2, 3, 4, 5
+TARGET_READONLY = 1
+STATUS = ("done", "fault", "killed", "hang", "error")
+RAM_IPA = 0x40000000
+IMAGE_MAX = 0xC0000
+
+
+class Config(ctypes.Structure):
+    """struct dmtk_config."""
+
+    _fields_ = [("payload", ctypes.c_void_p), ("payload_len", ctypes.c_uint64), ("target", ctypes.c_void_p),
+                ("target_size", ctypes.c_uint64), ("ram_size", ctypes.c_uint64), ("heap_size", ctypes.c_uint64),
+                ("mair", ctypes.c_uint64), ("timeout_ms", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+
+
+class Result(ctypes.Structure):
+    """struct dmtk_result."""
+
+    _fields_ = [("status", ctypes.c_int32), ("err", ctypes.c_int32), ("ret", ctypes.c_int64),
+                ("esr", ctypes.c_uint64), ("far", ctypes.c_uint64), ("elr", ctypes.c_uint64),
+                ("vector", ctypes.c_uint64), ("exit_reason", ctypes.c_uint64), ("what", ctypes.c_char * 96)]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """How one request ended."""
+
+    status: str          # done | fault | killed | hang | error
+    ret: int = 0         # payload return value (done)
+    esr: int = 0         # fault: ESR_EL1
+    far: int = 0
+    detail: str = ""     # killed: host log line; hang/error: what happened
+
+    @property
+    def code(self) -> str:
+        """The outcome's `code` in probe output: 'ESR 0x96000021' or the host log line."""
+        return f"ESR {self.esr:#x}" if self.status == "fault" else self.detail
+
+
+def artefact_dir() -> Path:
+    """Where the VMM library and payload built from these sources are: $DMTBENCH_KVM_DIR,
+    the bench package (a KVM host image carries them there), or a cache built now."""
+    want = kvmbuild.source_hash() if kbuild.source_dir().is_dir() else None
+    env = os.environ.get("DMTBENCH_KVM_DIR")
+    cands = [Path(env)] if env else []
+    cands.append(Path(__file__).resolve().parent.parent)
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    cache_dir = base / "dmtbench" / f"kvm-{want}"
+    cands.append(cache_dir)
+    for d in cands:
+        stamp = d / kvmbuild.HASH_FILE
+        if stamp.exists() and (want is None or stamp.read_text().strip() == want):
+            return d
+    if want is None:
+        raise UserError("the kvm target's VMM and payload are missing and there are no c_kernels/ sources: reinstall dmtbench")
+    try:
+        kvmbuild.build_kvm(cache_dir)
+    except kbuild.BuildError as exc:
+        raise UserError(str(exc).splitlines()[0] + " (needed to build the kvm target's VMM and payload)") from None
+    return cache_dir
+
+
+def payload_image(elf: bytes) -> bytes:
+    """The flat image to load at RAM_IPA: the ELF's PT_LOAD segments (file bytes; .bss is
+    left to the zero-filled RAM)."""
+    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[18] != 183:  # ELFCLASS64, EM_AARCH64
+        raise UserError("the kvm payload is not an arm64 ELF: delete it and run again to rebuild")
+    phoff, = struct.unpack_from("<Q", elf, 32)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 54)
+    image = bytearray()
+    for i in range(phnum):
+        ptype, _, off, _, paddr, filesz, _, _ = struct.unpack_from("<IIQQQQQQ", elf, phoff + i * phentsize)
+        if ptype != 1 or not filesz:
+            continue
+        start = paddr - RAM_IPA
+        if start < 0 or start + filesz > IMAGE_MAX:
+            raise UserError(f"kvm payload segment at {paddr:#x} outside the image area: rebuild it")
+        image[len(image):start] = bytes(max(0, start - len(image)))
+        image[start:start + filesz] = elf[off:off + filesz]
+    return bytes(image)
+
+
+@cache
+def _loaded() -> tuple[ctypes.CDLL, bytes]:
+    d = artefact_dir()
+    try:
+        so = ctypes.CDLL(str(d / kvmbuild.VMM_LIB))
+    except OSError as exc:
+        raise UserError(f"cannot load the kvm VMM {d / kvmbuild.VMM_LIB}: {exc}") from None
+    if so.dmtk_abi() != VMM_ABI:
+        raise UserError(f"{d / kvmbuild.VMM_LIB} has VMM ABI {so.dmtk_abi()}, expected {VMM_ABI}: delete it to rebuild")
+    so.dmtk_open.argtypes = [ctypes.POINTER(Config), ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(Result)]
+    so.dmtk_call.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint64,
+                             ctypes.c_uint64, ctypes.POINTER(Args), ctypes.c_uint32, ctypes.POINTER(Result)]
+    so.dmtk_close.argtypes = [ctypes.c_void_p]
+    so.dmtk_info.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64 * 4)]
+    return so, payload_image((d / kvmbuild.PAYLOAD).read_bytes())
+
+
+class KernelLog:
+    """New records of the host kernel log (/dev/kmsg) since this object was made."""
+
+    def __init__(self) -> None:
+        try:
+            self.fd: int | None = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+            os.lseek(self.fd, 0, os.SEEK_END)
+            self.error = ""
+        except OSError as exc:
+            self.fd, self.error = None, exc.strerror or str(exc)
+
+    def new_messages(self) -> list[str]:
+        """Messages logged since the last call (the text after 'prio,seq,time,flags;')."""
+        out = []
+        while self.fd is not None:
+            try:
+                rec = os.read(self.fd, 8192)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.EPIPE:  # overwritten records: go on with the next
+                    continue
+                break
+            out.append(rec.decode(errors="replace").split(";", 1)[-1].split("\n", 1)[0])
+        return out
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def kill_reason(messages: list[str], err: int) -> str:
+    """The host log line that explains a failed KVM_RUN (KVM's own 'kvm [pid]: ...'
+    lines first), else the errno in words."""
+    kvm = [m for m in messages if m.startswith("kvm [") or "Unsupported FSC" in m]
+    if kvm:
+        return kvm[-1].strip()
+    return f"KVM_RUN: {os.strerror(err)} (no KVM line in the host log)"
+
+
+class Vm:
+    """One booted VM over the host mapping [ptr, ptr + size)."""
+
+    def __init__(self, ptr: int, size: int, mair: int, ram_size: int = 0, heap_size: int = 1 << 20,
+                 timeout_ms: int = 10000, readonly: bool = False) -> None:
+        self._so, image = _loaded()
+        self._image = ctypes.create_string_buffer(image, len(image))
+        cfg = Config(ctypes.cast(self._image, ctypes.c_void_p), len(image), ptr, size, ram_size, heap_size, mair,
+                     timeout_ms, TARGET_READONLY if readonly else 0)
+        self._log = KernelLog()
+        self._vm = ctypes.c_void_p()
+        res = Result()
+        if self._so.dmtk_open(ctypes.byref(cfg), ctypes.byref(self._vm), ctypes.byref(res)) < 0:
+            answer = self._answer(res)
+            self._log.close()
+            raise VmError(answer)
+        info = (ctypes.c_uint64 * 4)()
+        self._so.dmtk_info(self._vm, ctypes.byref(info))
+        self.cntfrq, self.features, self.midr, self.mmfr2 = info
+
+    def _answer(self, res: Result) -> Answer:
+        status = STATUS[res.status]
+        if status == "killed":
+            return Answer(status, res.ret, detail=kill_reason(self._log.new_messages(), res.err))
+        if status == "hang":
+            return Answer(status, detail="no answer before the timeout (vCPU interrupted)")
+        if status == "error":
+            what = res.what.decode()
+            extra = f" ({res.exit_reason:#x})" if "exit_reason" in what else ""
+            return Answer(status, detail=f"{what}: {os.strerror(res.err)}{extra}")
+        return Answer(status, res.ret, res.esr, res.far)
+
+    def call(self, op: int, index: int = 0, attr: int = 0, loops: int = 0, offset: int = 0,
+             args: Args | None = None, timeout_ms: int = 0) -> Answer:
+        """One request to the payload."""
+        res = Result()
+        self._log.new_messages()  # only lines logged during this request explain it
+        self._so.dmtk_call(self._vm, op, index, attr, loops, offset, ctypes.byref(args) if args else None,
+                           timeout_ms, ctypes.byref(res))
+        return self._answer(res)
+
+    def close(self) -> None:
+        if self._vm:
+            self._so.dmtk_close(self._vm)
+            self._vm = ctypes.c_void_p()
+        self._log.close()
+
+    def __enter__(self) -> "Vm":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class VmError(Exception):
+    """The VM could not be created or booted."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.detail)
+        self.answer = answer

@@ -34,12 +34,40 @@ class Pair:
     streams: int  # likwid counts every stream in MByte/s; we count bytes copied once
 
 
-def pairs(isa: str) -> list[Pair]:
-    return [
-        Pair("load", "read-bw", ("width=64",), f"load_{isa}", 1),
-        Pair("NT store", "write-bw", ("width=64", "mode=nt"), f"store_mem_{isa}", 1),
-        Pair("NT copy", "copy-to", ("width=64", "mode=nt"), f"copy_mem_{isa}", 2),
-    ]
+# x86_64: the widest vector width we run -> likwid-bench's ISA suffix for the same width.
+_X86_ISA = {64: "avx512", 32: "avx", 16: "sse"}
+
+
+def bench_width(arch: str) -> int:
+    """The width selfcheck compares at: the widest this CPU has (as `bench run` picks),
+    except on arm64, where likwid-bench's NEON kernels move one Q register (16 B) per
+    access, so our 16-byte width is the one that does the same thing."""
+    return 16 if arch == "arm64" else min(kernels.widest_width(), 64)
+
+
+def pairs(arch: str, width: int) -> list[Pair]:
+    """Our workloads next to the likwid-bench tests that do the same accesses."""
+    if arch == "x86_64" and width in _X86_ISA:
+        isa, w = _X86_ISA[width], f"width={width}"
+        return [
+            Pair("load", "read-bw", (w,), f"load_{isa}", 1),
+            Pair("NT store", "write-bw", (w, "mode=nt"), f"store_mem_{isa}", 1),
+            Pair("NT copy", "copy-to", (w, "mode=nt"), f"copy_mem_{isa}", 2),
+        ]
+    if arch == "arm64":
+        # load_neon / store_neon: LDR/STR Q; copy_nt: LDNP/STNP of X pairs (our nt width 8).
+        return [
+            Pair("load", "read-bw", ("width=16",), "load_neon", 1),
+            Pair("store", "write-bw", ("width=16", "mode=plain"), "store_neon", 1),
+            Pair("NT copy", "copy-to", ("width=8", "mode=nt"), "copy_nt", 2),
+        ]
+    return []
+
+
+def likwid_tests() -> set[str]:
+    """The tests this likwid-bench build has (`likwid-bench -a`)."""
+    out = subprocess.run(["likwid-bench", "-a"], capture_output=True, text=True, check=False).stdout
+    return {line.split(" - ")[0].strip() for line in out.splitlines() if " - " in line}
 
 
 def ours_gbs(workload: str, params: tuple[str, ...], size: int, min_time: float) -> float:
@@ -105,20 +133,28 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     size, chase_size = parse_size(args.size), parse_size(args.chase_size)
     os.sched_setaffinity(0, {0})  # likwid-bench pins itself to hwthread 0 (-W N:...:1): share it
-    isa = "avx512" if "avx512f" in kernels.features() else "avx"
+    arch = kernels.arch()
+    width = bench_width(arch)
     t0 = time.monotonic()
-    print(f"selfcheck on {kernels.arch()} ({' '.join(kernels.features())}), {args.reps} interleaved reps, medians")
+    print(f"selfcheck on {arch} ({' '.join(kernels.features())}), {args.reps} interleaved reps, medians")
     print(f"{'case':<10} {'size':>7} {'dmtbench':>12} {'reference':>12} {'ratio':>7}")
-    if shutil.which("likwid-bench") is None or kernels.arch() != "x86_64":
+    if shutil.which("likwid-bench") is None:
         print("likwid-bench not available (Debian: apt-get install likwid); bandwidth pairs skipped")
+    elif not pairs(arch, width):
+        print(f"no likwid-bench pairing for {arch} at width {width}; bandwidth pairs skipped")
     else:
-        for pair in pairs(isa):
+        have = likwid_tests()
+        for pair in pairs(arch, width):
+            if pair.likwid not in have:
+                print(f"{pair.label:<10} likwid-bench has no {pair.likwid} here; skipped")
+                continue
             ours, ref = [], []
             for _ in range(args.reps):
                 ours.append(ours_gbs(pair.workload, pair.params, size, 0.2))
                 ref.append(likwid_gbs(pair.likwid, size, pair.streams, max(2, int(8e9 // size))))
             o, r = statistics.median(ours), statistics.median(ref)
-            print(f"{pair.label:<10} {format_size(size):>7} {o:8.2f} GB/s {r:7.2f} GB/s {o / r:6.3f}x  ({pair.likwid})")
+            print(f"{pair.label:<10} {format_size(size):>7} {o:8.2f} GB/s {r:7.2f} GB/s {o / r:6.3f}x  "
+                  f"({pair.workload} {' '.join(pair.params)} vs {pair.likwid})")
     ours, ref = [], []
     for _ in range(max(1, args.reps // 2)):
         ours.append(chase_ns(chase_size, 1.0))

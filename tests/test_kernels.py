@@ -164,3 +164,36 @@ def test_mmio_read_on_l1_is_the_load_latency():
         if len(ms) >= 5 and 0.8 < min(ms) / min(rs) < 1.2:
             break  # a loaded machine only adds time: the old 2 cycles never go away
     assert 0.8 < min(ms) / min(rs) < 1.2, (min(ms) / n * 1e9, min(rs) / n * 1e9)
+
+
+# selfcheck: the likwid-bench pairing follows the CPU (an AVX2-only EPYC asked for width 64).
+@pytest.mark.parametrize("width,isa", [(64, "avx512"), (32, "avx"), (16, "sse")])
+def test_selfcheck_pairs_the_width_with_the_same_isa(width, isa):
+    from bench import selfcheck
+    got = selfcheck.pairs("x86_64", width)
+    assert [(p.workload, p.likwid) for p in got] == [
+        ("read-bw", f"load_{isa}"), ("write-bw", f"store_mem_{isa}"), ("copy-to", f"copy_mem_{isa}")]
+    assert all(f"width={width}" in p.params for p in got)
+    # every pair is a case this CPU can plan at that width, or the CPU lacks the width
+    if kernels.width_supported(width):
+        for p in got:
+            plan.build(["normal"], [p.workload], list(p.params), ["1MiB"])
+
+
+def test_selfcheck_arm64_pairs_match_neon_access_sizes():
+    from bench import selfcheck
+    got = {p.likwid: p.params for p in selfcheck.pairs("arm64", selfcheck.bench_width("arm64"))}
+    assert got == {"load_neon": ("width=16",), "store_neon": ("width=16", "mode=plain"),
+                   "copy_nt": ("width=8", "mode=nt")}  # LDR/STR Q; LDNP/STNP X pairs
+
+
+def test_selfcheck_uses_the_widest_width_here():
+    from bench import selfcheck
+    assert selfcheck.bench_width(kernels.arch()) == kernels.widest_width()
+
+
+@pytest.mark.skipif(shutil.which("likwid-bench") is None, reason="needs likwid-bench (Debian: likwid)")
+def test_likwid_has_the_tests_we_pair_with_here():
+    from bench import selfcheck
+    width = selfcheck.bench_width(kernels.arch())
+    assert {p.likwid for p in selfcheck.pairs(kernels.arch(), width)} <= selfcheck.likwid_tests()

@@ -1,12 +1,13 @@
 """PCI target error paths on a fake sysfs tree (no mappable BAR exists on this host; the
 real path runs in the arm64 guest, tests/test_guest.py)."""
+import platform
 from pathlib import Path
 
 import pytest
 
 from bench.errors import UserError
 from bench.targets import open_target
-from bench.targets.pci import parse_spec
+from bench.targets.pci import parse_spec, realised_type
 from conftest import assert_one_line_error, run_cli
 
 MEM, PREF = 0x200, 0x2000
@@ -103,3 +104,39 @@ def test_probe_refuses_register_bar_without_flag(sysfs):
 def test_targets_lists_scratch_bars_only(sysfs):
     proc = run_cli("targets", env={"DMTBENCH_SYSFS_PCI": str(sysfs)})
     assert "pci:0000:00:01.0/2: ivshmem shared memory" in proc.stdout and "0000:00:02.0" not in proc.stdout
+
+
+BAR2 = 0x30000000  # where make_dev puts BAR 2
+
+
+def pat_list(tmp_path, monkeypatch, *lines: str):
+    path = tmp_path / "pat_memtype_list"
+    path.write_text("".join(f"PAT: [mem 0x{s:016x}-0x{e:016x}] {t}\n" for s, e, t in lines))
+    monkeypatch.setenv("DMTBENCH_PAT_MEMTYPE_LIST", str(path))
+
+
+@pytest.mark.parametrize("attr,pat", [("normal-nc", "write-combining"), ("device-ngnre", "uncached-minus")])
+def test_x86_type_is_read_back_from_pat(sysfs, tmp_path, monkeypatch, attr, pat):
+    # A reservation of another range (here: one page further) is not ours and is ignored.
+    pat_list(tmp_path, monkeypatch, (BAR2, BAR2 + 4096, pat), (BAR2 + 4096, BAR2 + 8192, "uncached-minus"))
+    assert realised_type(attr, BAR2, 4096, machine="x86_64") == f"PAT {pat}, read back from pat_memtype_list"
+
+
+def test_x86_downgraded_wc_is_refused_not_recorded_as_wc(sysfs, tmp_path, monkeypatch):
+    # PAT turns a WC request into UC- when a UC- reservation of the range exists.
+    pat_list(tmp_path, monkeypatch, (BAR2, BAR2 + 4096, "uncached-minus"))
+    with pytest.raises(UserError, match="PAT gave uncached-minus .* not the write-combining that normal-nc asks"):
+        realised_type("normal-nc", BAR2, 4096, machine="x86_64")
+    proc = run_cli("run", "--target", "pci:0000:00:01.0/2", "--attr", "normal-nc", "--workload", "read-bw",
+                   "--size", "4KiB", "--results-dir", str(tmp_path / "r"),
+                   env={"DMTBENCH_SYSFS_PCI": str(sysfs), "DMTBENCH_PAT_MEMTYPE_LIST": str(tmp_path / "pat_memtype_list")})
+    if platform.machine() == "x86_64":
+        assert_one_line_error(proc, 2, "PAT gave uncached-minus")
+
+
+def test_x86_type_is_recorded_as_requested_when_pat_cannot_be_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("DMTBENCH_PAT_MEMTYPE_LIST", str(tmp_path / "absent"))
+    assert realised_type("normal-nc", BAR2, 4096, machine="x86_64").startswith("PAT write-combining as requested; not read back")
+    pat_list(tmp_path, monkeypatch)
+    assert "as requested; no reservation" in realised_type("normal-nc", BAR2, 4096, machine="x86_64")
+    assert realised_type("normal-nc", BAR2, 4096, machine="aarch64") == "stage-1 normal-nc"

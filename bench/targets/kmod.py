@@ -2,7 +2,10 @@
 
 /dev/dmattr maps a physically contiguous kernel buffer (`kmod`) or a range of a PCI BAR
 (`kmod:pci:...`) with the page protection of the attribute asked for.  The BAR form
-keeps every safety rule of the pci target (it is built on it).
+keeps every safety rule of the pci target (it is built on it).  What each source can
+take, and the largest buffer, come from the module (DMATTR_IOC_INFO): they depend on the
+kernel (its top page order, PAT on x86).  The module checks the PTEs it installed, so a
+mapping it returns has the memory type asked for.
 """
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ import errno
 import fcntl
 import mmap
 import os
+import platform
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench import memtypes
@@ -21,11 +26,47 @@ from bench.targets.pci import PciTarget
 # enum dmattr_attr in guestkit/kmod/dmattr.h numbers the attributes in memtypes' order.
 ATTR_CODES = {name: i for i, name in enumerate(memtypes.names())}
 SRC_RAM, SRC_BAR = 0, 1
-REQ = struct.Struct("<IIQIIIIQ")
+REQ = struct.Struct("<IIQIIIIQ")     # struct dmattr_req
+INFO = struct.Struct("<IIQ")         # struct dmattr_info
 IOC_SET = (1 << 30) | (REQ.size << 16) | (ord("D") << 8) | 1      # _IOW('D', 1, struct dmattr_req)
-IOC_QUERY = (2 << 30) | (4 << 16) | (ord("D") << 8) | 2           # _IOR('D', 2, __u32)
-RAM_MAX = 4 << 20  # the buddy allocator's largest contiguous block (MAX_ORDER - 1, 4 KiB pages)
+IOC_INFO = (2 << 30) | (INFO.size << 16) | (ord("D") << 8) | 3    # _IOR('D', 3, struct dmattr_info)
 LOAD_HINT = "load the module: python -m guestkit kmod build, then insmod dmattr.ko (or python -m guestkit run --kmod)"
+# x86 attributes the module offers a BAR but not RAM (see the comment atop dmattr.c).
+X86_RAM_LIMITS = {
+    "device-ngnrne": "x86 PAT gives RAM UC- at most, never strong UC",
+    "normal-wt": "set_memory_wt() is not exported to modules, so RAM cannot be made WT",
+}
+# Why the module refused a SET or mmap, by errno (dmesg has the details).
+REFUSALS = {
+    errno.EOPNOTSUPP: "not supported by this kernel for this source",
+    errno.EBUSY: "the fd's source is still mapped",
+    errno.EIO: "the kernel mapped another memory type than asked",
+}
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """What the loaded dmattr module can do on this kernel."""
+
+    ram_attrs: int   # bit n: attribute code n can map the RAM buffer
+    bar_attrs: int   # bit n: attribute code n can map a BAR range
+    max_ram: int     # the largest RAM buffer, in bytes (the buddy allocator's top order)
+
+
+def module_info(dev: Path) -> ModuleInfo:
+    """DMATTR_IOC_INFO from the module behind `dev`."""
+    try:
+        fd = os.open(dev, os.O_RDWR)
+    except PermissionError:
+        raise UserError(f"no permission to open {dev}: run as root") from None
+    try:
+        raw = fcntl.ioctl(fd, IOC_INFO, bytes(INFO.size))
+    except OSError as exc:
+        raise UserError(f"{dev} does not answer DMATTR_IOC_INFO ({exc.strerror}): reload the module, "
+                        "built from this checkout (python -m guestkit kmod build)") from None
+    finally:
+        os.close(fd)
+    return ModuleInfo(*INFO.unpack(raw))
 
 
 def device_path() -> Path:
@@ -42,25 +83,20 @@ class KmodTarget(Target):
         self.dev = device_path()
         if not self.dev.exists():
             raise UserError(f"no {self.dev}: {LOAD_HINT}")
-        self.mask = self._query()
-
-    def _query(self) -> int:
-        try:
-            fd = os.open(self.dev, os.O_RDWR)
-        except PermissionError:
-            raise UserError(f"no permission to open {self.dev}: run as root") from None
-        try:
-            return struct.unpack("<I", fcntl.ioctl(fd, IOC_QUERY, bytes(4)))[0]
-        finally:
-            os.close(fd)
+        self.info = module_info(self.dev)
 
     def availability(self) -> list[Availability]:
-        return [Availability(a, bool(self.mask >> code & 1),
-                             "" if self.mask >> code & 1 else f"this kernel has no page protection for {a} (dmattr)")
+        mask = self.info.bar_attrs if self.pci else self.info.ram_attrs
+        return [Availability(a, True) if mask >> code & 1 else Availability(a, False, self._why_not(a))
                 for a, code in ATTR_CODES.items()]
 
+    def _why_not(self, attr: str) -> str:
+        if not self.pci and attr in X86_RAM_LIMITS and self.info.bar_attrs >> ATTR_CODES[attr] & 1:
+            return f"{X86_RAM_LIMITS[attr]}; a BAR can: --target kmod:pci:<BDF>/<bar> (dmattr)"
+        return f"this kernel has no page protection for {attr} on {'a BAR' if self.pci else 'a RAM buffer'} (dmattr)"
+
     def max_size(self) -> int | None:
-        return self.pci.max_size() if self.pci else RAM_MAX
+        return self.pci.max_size() if self.pci else self.info.max_ram
 
     def stage2_hint(self) -> str | None:
         return None if self.pci else "normal"  # hypervisors map guest RAM Normal WB
@@ -89,9 +125,17 @@ class KmodTarget(Target):
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
             ptr, close = map_memory(size, prot, mmap.MAP_SHARED, fd)
         except OSError as exc:
-            why = "not supported by this kernel" if exc.errno == errno.EOPNOTSUPP else exc.strerror
+            why = REFUSALS.get(exc.errno, exc.strerror)
             raise UserError(f"dmattr refused {attr} on {self.spec}: {why} (dmesg says why)") from None
         finally:
             os.close(fd)  # the mapping keeps the file, and so the buffer, alive
         source = f"{self.pci.spec} BAR" if self.pci else "contiguous kernel buffer"
-        return Mapping(ptr, size, attr, f"/dev/dmattr {source}, {attr} page protection", writable, self.spec, close)
+        return Mapping(ptr, size, attr, f"/dev/dmattr {source}, {realised_type(attr)} checked in the page table",
+                       writable, self.spec, close)
+
+
+def realised_type(attr: str, machine: str | None = None) -> str:
+    """The type the module's page protection gives: PAT's on x86, the stage-1 MAIR type on arm64."""
+    if (machine or platform.machine()) in ("x86_64", "AMD64"):
+        return "PAT " + memtypes.get(attr).x86.split()[0]
+    return "stage-1 " + attr

@@ -2,7 +2,8 @@
 
 resourceN maps it the way ioremap() does (Device-nGnRE on arm64, UC- on x86);
 resourceN_wc, which the kernel offers only for prefetchable BARs, maps it Normal-NC (WC on
-x86).  Safety: a BAR is touched only when named; reads need --allow-reads and writes
+x86).  On x86 the type PAT recorded is read back from debugfs where it can be.
+Safety: a BAR is touched only when named; reads need --allow-reads and writes
 --allow-writes unless the device is known scratch memory (ivshmem).
 """
 from __future__ import annotations
@@ -25,6 +26,9 @@ IORESOURCE_PREFETCH = 0x2000
 # BAR0 holds its registers (doorbell, interrupt mask), so only BAR2 is listed.
 SCRATCH = {(0x1AF4, 0x1110, 2): "ivshmem shared memory (QEMU)"}
 FILES = {"device-ngnre": "resource{n}", "normal-nc": "resource{n}_wc"}
+# x86/pat_memtype_list names (cattr_name()) of the type each sysfs file asks for.
+PAT_NAMES = {"device-ngnre": "uncached-minus", "normal-nc": "write-combining"}
+_PAT_LINE = re.compile(r"^PAT: \[mem 0x([0-9a-f]+)-0x([0-9a-f]+)\] ([a-z-]+)", re.M)
 _BDF = re.compile(r"^(?:([0-9a-f]{4}):)?([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$")
 
 
@@ -153,10 +157,46 @@ class PciTarget(Target):
             raise UserError(f"cannot mmap {path}: {exc.strerror}") from None
         finally:
             os.close(fd)
-        return Mapping(ptr, size, attr, f"sysfs {path.name} ({self._realised(attr)})", writable, self.spec, close)
+        try:
+            realised = realised_type(attr, self.bar.start, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE)
+        except UserError:
+            close()
+            raise
+        return Mapping(ptr, size, attr, f"sysfs {path.name} ({realised})", writable, self.spec, close)
 
-    @staticmethod
-    def _realised(attr: str) -> str:
-        if platform.machine() in ("x86_64", "AMD64"):
-            return "PAT WC" if attr == "normal-nc" else "PAT UC-"
+
+def pat_list_path() -> Path:
+    """debugfs' PAT reservations, or $DMTBENCH_PAT_MEMTYPE_LIST (tests point it at a file)."""
+    return Path(os.environ.get("DMTBENCH_PAT_MEMTYPE_LIST", "/sys/kernel/debug/x86/pat_memtype_list"))
+
+
+def pat_types(start: int, size: int) -> set[str] | None:
+    """The PAT types reserved for exactly [start, start + size), or None when the list
+    cannot be read (no debugfs, not root)."""
+    try:
+        text = pat_list_path().read_text()
+    except OSError:
+        return None
+    found = set()
+    for m in _PAT_LINE.finditer(text):
+        if int(m.group(1), 16) == start and int(m.group(2), 16) == start + size:
+            found.add(m.group(3))
+    return found
+
+
+def realised_type(attr: str, start: int, size: int, machine: str | None = None) -> str:
+    """What the sysfs mapping of [start, start + size) really got, in words.  On x86 PAT
+    may hand out another type than the file asks for (an existing UC- reservation turns
+    a WC request into UC-), so the reservation is read back; UserError if it differs."""
+    if (machine or platform.machine()) not in ("x86_64", "AMD64"):
         return "stage-1 " + attr
+    asked = PAT_NAMES[attr]
+    got = pat_types(start, size)
+    if got is None:
+        return f"PAT {asked} as requested; not read back: no {pat_list_path()} (mount debugfs, run as root)"
+    if not got:
+        return f"PAT {asked} as requested; no reservation for the range in {pat_list_path().name}"
+    if got != {asked}:
+        raise UserError(f"PAT gave {' and '.join(sorted(got))} to [mem {start:#x}+{size:#x}], not the {asked} that "
+                        f"{attr} asks: another mapping of the BAR holds that type (see {pat_list_path()})")
+    return f"PAT {asked}, read back from {pat_list_path().name}"

@@ -2,13 +2,36 @@
 /*
  * dmattr: a misc device (/dev/dmattr) for dmtbench.  ioctl(DMATTR_IOC_SET) picks a source
  * (a physically contiguous kernel buffer, or a range of a PCI BAR) and a memory attribute;
- * the next mmap() maps exactly that source with that attribute's page protection.
+ * mmap() then maps exactly that source with that attribute's page protection.
+ * DMATTR_IOC_INFO says which attributes each source takes here and the largest buffer.
  *
  * Every argument is validated; a rejected request returns -EINVAL (or -EOPNOTSUPP for an
- * attribute this kernel cannot express) and says why in dmesg.  A RAM buffer mapped with
- * a non-cacheable attribute also stays in the kernel's cacheable linear map: that alias
- * is what benchmark drivers accept, and why the buffer is zeroed and flushed first.
+ * attribute this kernel cannot give that source) and says why in dmesg.
+ *
+ * Lifetime: vm_ops open/close count the mappings of an fd's source (fork and partial
+ * munmap included).  SET returns -EBUSY while one exists, so a source is freed only when
+ * nothing maps it: by the next SET, or by release, which comes after the last munmap.
+ *
+ * A RAM buffer also stays in the kernel's cacheable linear map.  How each arch makes the
+ * uncached mapping of it safe:
+ *  - arm64: clean and invalidate the whole buffer to the point of coherency (DC CIVAC on
+ *    every line) after zeroing it and again before freeing it.  The first leaves no dirty
+ *    line in the cacheable alias that could be evicted over what is written through the
+ *    uncached mapping, and puts the zeroes in memory; the second drops lines speculation
+ *    pulled in through the alias meanwhile (clean, never written back) before the pages
+ *    are reused.  The kernel itself never touches the buffer while it is mapped.  This is
+ *    the maintenance the DMA API does for a non-coherent device's buffer.
+ *  - x86: PAT keeps one memory type per RAM page and forces it on every mapping of the
+ *    page ("map pfn RAM range req ... got write-back"), so the buffer's type is set with
+ *    set_memory_uc()/set_memory_wc() (which also changes the linear map and flushes the
+ *    caches) and set back to write-back before the pages are freed.  PAT gives RAM no
+ *    strong UC and set_memory_wt() is not exported to modules, so RAM offers neither
+ *    device-ngnrne (UC) nor normal-wt (WT) on x86; a BAR offers both.
+ * Each mmap reads back the memory-type bits of the PTEs it installed (first and last page)
+ * and fails with -EIO, saying what it found in dmesg, unless they are the type asked for:
+ * PAT replaces a type without failing the mapping.
  */
+#include <linux/atomic.h>
 #include <linux/fs.h>
 #include <linux/gfp.h>
 #include <linux/io.h>
@@ -19,11 +42,38 @@
 #include <linux/pci.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
-#include <asm/cacheflush.h>
+#include <linux/version.h>
+#ifdef CONFIG_ARM64
+#include <asm/cpufeature.h>
+#include <asm/sysreg.h>
+#endif
+#ifdef CONFIG_X86
+#include <asm/memtype.h>
+#include <asm/set_memory.h>
+#endif
 
 #include "dmattr.h"
 
-#define DMATTR_MAX_RAM (PAGE_SIZE << (MAX_ORDER - 1))
+#if !defined(CONFIG_ARM64) && !defined(CONFIG_X86)
+#error "dmattr knows the memory types of arm64 and x86 only"
+#endif
+
+/* The buddy allocator's largest block: MAX_ORDER was exclusive before 6.4, inclusive
+ * from 6.4, and renamed MAX_PAGE_ORDER in 6.8. */
+#if defined(MAX_PAGE_ORDER)
+#define DMATTR_TOP_ORDER MAX_PAGE_ORDER
+#elif LINUX_VERSION_CODE >= KERNEL_VERSION(6, 4, 0)
+#define DMATTR_TOP_ORDER MAX_ORDER
+#else
+#define DMATTR_TOP_ORDER (MAX_ORDER - 1)
+#endif
+#define DMATTR_MAX_RAM (PAGE_SIZE << DMATTR_TOP_ORDER)
+
+#ifdef CONFIG_X86
+#define DMATTR_TYPE_BITS ((u64)_PAGE_CACHE_MASK)
+#else
+#define DMATTR_TYPE_BITS ((u64)PTE_ATTRINDX_MASK)
+#endif
 
 static const char *const attr_names[DMATTR_NR_ATTRS] = {
 	"device-ngnrne", "device-ngnre", "device-ngre", "device-gre", "normal-nc", "normal-wt", "normal",
@@ -33,43 +83,93 @@ struct dmattr_ctx {
 	struct mutex lock;
 	struct dmattr_req req;
 	bool set;
+	atomic_t maps;       /* mappings of the current source */
 	struct page *pages;  /* RAM source */
 	unsigned int order;
+	bool typed;          /* x86: the pages' memtype was changed from WB */
 	phys_addr_t phys;    /* start of the source */
 };
 
-/* The page protection for an attribute, or false where this kernel has no such type. */
-static bool attr_prot(u32 attr, pgprot_t *prot)
+#ifdef CONFIG_X86
+/* The page protection for an attribute on `source`, or false where x86 has no such type. */
+static bool attr_prot(u32 source, u32 attr, pgprot_t *prot)
+{
+	enum page_cache_mode pcm;
+
+	switch (attr) {
+	case DMATTR_DEVICE_NGNRNE:
+		if (source == DMATTR_SRC_RAM)
+			return false; /* PAT turns UC into UC- for RAM */
+		pcm = _PAGE_CACHE_MODE_UC;
+		break;
+	case DMATTR_DEVICE_NGNRE:
+		pcm = _PAGE_CACHE_MODE_UC_MINUS;
+		break;
+	case DMATTR_NORMAL_NC:
+		if (!pat_enabled())
+			return false; /* without PAT, WC is UC- */
+		pcm = _PAGE_CACHE_MODE_WC;
+		break;
+	case DMATTR_NORMAL_WT:
+		if (source == DMATTR_SRC_RAM)
+			return false; /* set_memory_wt() is not exported */
+		pcm = _PAGE_CACHE_MODE_WT;
+		break;
+	case DMATTR_NORMAL:
+		pcm = _PAGE_CACHE_MODE_WB;
+		break;
+	default:
+		return false;
+	}
+	*prot = __pgprot((pgprot_val(*prot) & ~_PAGE_CACHE_MASK) | cachemode2protval(pcm));
+	return true;
+}
+
+/* Give the RAM pages the attribute's PAT memtype, so the user mapping gets it too. */
+static int ram_type_set(struct dmattr_ctx *ctx, u32 attr)
+{
+	unsigned long addr = (unsigned long)page_address(ctx->pages);
+	int n = 1 << ctx->order, ret = 0;
+
+	if (attr == DMATTR_DEVICE_NGNRE)
+		ret = set_memory_uc(addr, n);
+	else if (attr == DMATTR_NORMAL_NC)
+		ret = set_memory_wc(addr, n);
+	if (ret)
+		pr_warn("dmattr: cannot set the memtype of the buffer to %s (%d)\n", attr_names[attr], ret);
+	ctx->typed = !ret && attr != DMATTR_NORMAL;
+	return ret;
+}
+
+static void ram_type_clear(struct dmattr_ctx *ctx)
+{
+	if (ctx->typed)
+		set_memory_wb((unsigned long)page_address(ctx->pages), 1 << ctx->order);
+	ctx->typed = false;
+}
+#else /* CONFIG_ARM64 */
+static bool attr_prot(u32 source, u32 attr, pgprot_t *prot)
 {
 	switch (attr) {
 	case DMATTR_DEVICE_NGNRNE:
-		*prot = pgprot_noncached(*prot); /* arm64: Device-nGnRnE; x86: UC- (PAT) */
+		*prot = pgprot_noncached(*prot);
 		return true;
 	case DMATTR_DEVICE_NGNRE:
-#ifdef CONFIG_ARM64
 		*prot = pgprot_device(*prot);
-#else
-		*prot = pgprot_noncached(*prot);
-#endif
 		return true;
-#if defined(CONFIG_ARM64) && defined(MT_DEVICE_nGRE)
+#ifdef MT_DEVICE_nGRE
 	case DMATTR_DEVICE_NGRE:
 		*prot = __pgprot_modify(*prot, PTE_ATTRINDX_MASK, PTE_ATTRINDX(MT_DEVICE_nGRE) | PTE_PXN | PTE_UXN);
 		return true;
 #endif
-#if defined(CONFIG_ARM64) && defined(MT_DEVICE_GRE)
+#ifdef MT_DEVICE_GRE
 	case DMATTR_DEVICE_GRE:
 		*prot = __pgprot_modify(*prot, PTE_ATTRINDX_MASK, PTE_ATTRINDX(MT_DEVICE_GRE) | PTE_PXN | PTE_UXN);
 		return true;
 #endif
 	case DMATTR_NORMAL_NC:
-		*prot = pgprot_writecombine(*prot); /* arm64: Normal-NC; x86: WC */
+		*prot = pgprot_writecombine(*prot);
 		return true;
-#if defined(CONFIG_X86)
-	case DMATTR_NORMAL_WT:
-		*prot = __pgprot(pgprot_val(*prot) | cachemode2protval(_PAGE_CACHE_MODE_WT));
-		return true;
-#endif
 	case DMATTR_NORMAL:
 		return true; /* the default user protection is Normal write-back */
 	default:
@@ -77,40 +177,74 @@ static bool attr_prot(u32 attr, pgprot_t *prot)
 	}
 }
 
-static u32 supported_mask(void)
+/* DC CIVAC over [start, start + len): clean and invalidate to the point of coherency. */
+static void clean_inval_poc(void *start, size_t len)
+{
+	/* CTR_EL0.DminLine (bits 19:16) is log2 of the smallest data cache line in words; the
+	 * sanitised value is the smallest over all CPUs. */
+	unsigned long line = 4UL << ((read_sanitised_ftr_reg(SYS_CTR_EL0) >> 16) & 0xf);
+	unsigned long p = (unsigned long)start & ~(line - 1), end = (unsigned long)start + len;
+
+	for (; p < end; p += line)
+		asm volatile("dc civac, %0" : : "r"(p) : "memory");
+	dsb(sy);
+}
+
+static int ram_type_set(struct dmattr_ctx *ctx, u32 attr)
+{
+	clean_inval_poc(page_address(ctx->pages), PAGE_SIZE << ctx->order);
+	return 0;
+}
+
+static void ram_type_clear(struct dmattr_ctx *ctx)
+{
+	clean_inval_poc(page_address(ctx->pages), PAGE_SIZE << ctx->order);
+}
+#endif
+
+static u32 supported_mask(u32 source)
 {
 	u32 mask = 0, a;
 	pgprot_t p = PAGE_SHARED;
 
 	for (a = 0; a < DMATTR_NR_ATTRS; a++)
-		if (attr_prot(a, &p))
+		if (attr_prot(source, a, &p))
 			mask |= 1u << a;
 	return mask;
 }
 
 static void release_source(struct dmattr_ctx *ctx)
 {
-	if (ctx->pages)
+	if (ctx->pages) {
+		ram_type_clear(ctx);
 		__free_pages(ctx->pages, ctx->order);
+	}
 	ctx->pages = NULL;
 	ctx->set = false;
 }
 
 static int set_ram(struct dmattr_ctx *ctx, const struct dmattr_req *req)
 {
+	int ret;
+
 	if (req->size > DMATTR_MAX_RAM) {
 		pr_warn("dmattr: RAM size %llu above the %lu contiguous bytes the buddy allocator gives\n",
 			req->size, (unsigned long)DMATTR_MAX_RAM);
 		return -EINVAL;
 	}
 	ctx->order = get_order(req->size);
-	ctx->pages = alloc_pages(GFP_KERNEL | __GFP_ZERO, ctx->order);
-	if (!ctx->pages)
+	ctx->pages = alloc_pages(GFP_KERNEL | __GFP_ZERO | __GFP_NOWARN, ctx->order);
+	if (!ctx->pages) {
+		pr_warn("dmattr: no free contiguous block of %lu bytes now\n", PAGE_SIZE << ctx->order);
 		return -ENOMEM;
+	}
 	ctx->phys = page_to_phys(ctx->pages);
-	/* Push the zeroes out of the cache before a non-cacheable alias can see the memory. */
-	flush_dcache_page(ctx->pages);
-	return 0;
+	ret = ram_type_set(ctx, req->attr);
+	if (ret) {
+		__free_pages(ctx->pages, ctx->order);
+		ctx->pages = NULL;
+	}
+	return ret;
 }
 
 static int set_bar(struct dmattr_ctx *ctx, const struct dmattr_req *req)
@@ -147,60 +281,143 @@ static int set_bar(struct dmattr_ctx *ctx, const struct dmattr_req *req)
 	return 0;
 }
 
-static long dmattr_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+/* Checks that need no state; 0 or the error SET returns. */
+static int check_req(const struct dmattr_req *req)
 {
-	struct dmattr_ctx *ctx = file->private_data;
-	struct dmattr_req req;
 	pgprot_t probe = PAGE_SHARED;
-	u32 mask;
-	int ret;
 
-	if (cmd == DMATTR_IOC_QUERY) {
-		mask = supported_mask();
-		return copy_to_user((void __user *)arg, &mask, sizeof(mask)) ? -EFAULT : 0;
-	}
-	if (cmd != DMATTR_IOC_SET)
-		return -ENOTTY;
-	if (copy_from_user(&req, (void __user *)arg, sizeof(req)))
-		return -EFAULT;
-	if (req.attr >= DMATTR_NR_ATTRS) {
-		pr_warn("dmattr: unknown attribute %u\n", req.attr);
+	if (req->attr >= DMATTR_NR_ATTRS) {
+		pr_warn("dmattr: unknown attribute %u\n", req->attr);
 		return -EINVAL;
 	}
-	if (!attr_prot(req.attr, &probe)) {
-		pr_warn("dmattr: %s is not expressible on this kernel\n", attr_names[req.attr]);
+	if (req->source >= DMATTR_NR_SOURCES) {
+		pr_warn("dmattr: unknown source %u\n", req->source);
+		return -EINVAL;
+	}
+	if (!attr_prot(req->source, req->attr, &probe)) {
+		pr_warn("dmattr: %s is not expressible for this source on this kernel\n", attr_names[req->attr]);
 		return -EOPNOTSUPP;
 	}
-	if (!req.size || !PAGE_ALIGNED(req.size) || !PAGE_ALIGNED(req.offset)) {
-		pr_warn("dmattr: size %llu and offset %llu must be non-zero page multiples\n", req.size, req.offset);
+	if (!req->size || !PAGE_ALIGNED(req->size) || !PAGE_ALIGNED(req->offset)) {
+		pr_warn("dmattr: size %llu and offset %llu must be non-zero page multiples\n", req->size, req->offset);
 		return -EINVAL;
 	}
-	if (req.source == DMATTR_SRC_RAM && req.offset) {
+	if (req->source == DMATTR_SRC_RAM && req->offset) {
 		pr_warn("dmattr: a RAM source takes no offset\n");
 		return -EINVAL;
 	}
+	return 0;
+}
+
+static long dmattr_set(struct dmattr_ctx *ctx, const struct dmattr_req *req)
+{
+	int ret = check_req(req), maps;
+
+	if (ret)
+		return ret;
 	mutex_lock(&ctx->lock);
-	release_source(ctx);
-	if (req.source == DMATTR_SRC_RAM)
-		ret = set_ram(ctx, &req);
-	else if (req.source == DMATTR_SRC_BAR)
-		ret = set_bar(ctx, &req);
-	else {
-		pr_warn("dmattr: unknown source %u\n", req.source);
-		ret = -EINVAL;
+	maps = atomic_read(&ctx->maps);
+	if (maps) {
+		/* Freeing the source now would leave those mappings on freed memory. */
+		pr_warn("dmattr: SET refused: %d mapping(s) of the current source remain; munmap first\n", maps);
+		mutex_unlock(&ctx->lock);
+		return -EBUSY;
 	}
+	release_source(ctx);
+	ret = req->source == DMATTR_SRC_RAM ? set_ram(ctx, req) : set_bar(ctx, req);
 	if (!ret) {
-		ctx->req = req;
+		ctx->req = *req;
 		ctx->set = true;
 	}
 	mutex_unlock(&ctx->lock);
 	return ret;
 }
 
+static long dmattr_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	struct dmattr_info info;
+	struct dmattr_req req;
+
+	if (cmd == DMATTR_IOC_INFO) {
+		info.ram_attrs = supported_mask(DMATTR_SRC_RAM);
+		info.bar_attrs = supported_mask(DMATTR_SRC_BAR);
+		info.max_ram = DMATTR_MAX_RAM;
+		return copy_to_user((void __user *)arg, &info, sizeof(info)) ? -EFAULT : 0;
+	}
+	if (cmd != DMATTR_IOC_SET)
+		return -ENOTTY;
+	if (copy_from_user(&req, (void __user *)arg, sizeof(req)))
+		return -EFAULT;
+	return dmattr_set(file->private_data, &req);
+}
+
+static void dmattr_vm_open(struct vm_area_struct *vma)
+{
+	atomic_inc(&((struct dmattr_ctx *)vma->vm_private_data)->maps);
+}
+
+static void dmattr_vm_close(struct vm_area_struct *vma)
+{
+	atomic_dec(&((struct dmattr_ctx *)vma->vm_private_data)->maps);
+}
+
+static const struct vm_operations_struct dmattr_vm_ops = {
+	.open = dmattr_vm_open,
+	.close = dmattr_vm_close,
+};
+
+/* The memory-type bits of the PTE that maps addr; false when there is none. */
+static bool pte_type(struct vm_area_struct *vma, unsigned long addr, u64 *bits)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 12, 0)
+	struct follow_pfnmap_args args = { .vma = vma, .address = addr };
+
+	if (follow_pfnmap_start(&args))
+		return false;
+	*bits = pgprot_val(args.pgprot) & DMATTR_TYPE_BITS;
+	follow_pfnmap_end(&args);
+#else
+	spinlock_t *ptl;
+	pte_t *ptep;
+
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 10, 0)
+	if (follow_pte(vma, addr, &ptep, &ptl))
+#else
+	if (follow_pte(vma->vm_mm, addr, &ptep, &ptl))
+#endif
+		return false;
+	*bits = pte_val(*ptep) & DMATTR_TYPE_BITS;
+	pte_unmap_unlock(ptep, ptl);
+#endif
+	return true;
+}
+
+/* 0 when the first and last PTEs of the mapping carry the memory type of `want`. */
+static int check_type(struct dmattr_ctx *ctx, struct vm_area_struct *vma, unsigned long len, pgprot_t want)
+{
+	unsigned long addr[2] = { vma->vm_start, vma->vm_start + len - PAGE_SIZE };
+	u64 expect = pgprot_val(want) & DMATTR_TYPE_BITS, got;
+	int i;
+
+	for (i = 0; i < 2; i++) {
+		if (!pte_type(vma, addr[i], &got)) {
+			pr_warn("dmattr: no PTE at %#lx after mapping it\n", addr[i]);
+			return -EIO;
+		}
+		if (got != expect) {
+			pr_warn("dmattr: %s asked, but the page table holds memory-type bits %#llx instead of %#llx\n",
+				attr_names[ctx->req.attr], got, expect);
+			return -EIO;
+		}
+	}
+	return 0;
+}
+
 static int dmattr_mmap(struct file *file, struct vm_area_struct *vma)
 {
 	struct dmattr_ctx *ctx = file->private_data;
 	unsigned long len = vma->vm_end - vma->vm_start;
+	pgprot_t prot = vma->vm_page_prot;
 	int ret = -EINVAL;
 
 	mutex_lock(&ctx->lock);
@@ -211,8 +428,16 @@ static int dmattr_mmap(struct file *file, struct vm_area_struct *vma)
 		pr_warn("dmattr: mmap of %lu bytes at page %lu exceeds the %llu-byte source\n", len,
 			vma->vm_pgoff, ctx->req.size);
 	} else {
-		attr_prot(ctx->req.attr, &vma->vm_page_prot);
-		ret = io_remap_pfn_range(vma, vma->vm_start, ctx->phys >> PAGE_SHIFT, len, vma->vm_page_prot);
+		attr_prot(ctx->req.source, ctx->req.attr, &prot);
+		vma->vm_page_prot = prot;
+		ret = io_remap_pfn_range(vma, vma->vm_start, ctx->phys >> PAGE_SHIFT, len, prot);
+		if (!ret)
+			ret = check_type(ctx, vma, len, prot); /* on error the core unmaps the range */
+		if (!ret) {
+			vma->vm_private_data = ctx;
+			vma->vm_ops = &dmattr_vm_ops;
+			atomic_inc(&ctx->maps);
+		}
 	}
 	mutex_unlock(&ctx->lock);
 	return ret;
@@ -225,6 +450,7 @@ static int dmattr_open(struct inode *inode, struct file *file)
 	if (!ctx)
 		return -ENOMEM;
 	mutex_init(&ctx->lock);
+	atomic_set(&ctx->maps, 0);
 	file->private_data = ctx;
 	return 0;
 }
@@ -233,8 +459,7 @@ static int dmattr_release(struct inode *inode, struct file *file)
 {
 	struct dmattr_ctx *ctx = file->private_data;
 
-	/* Mappings hold no reference to ctx; the vma's pfns stay valid until munmap, which
-	 * happens before release for every mmap of this file (the vma holds the file). */
+	/* Every mapping holds the file, so release runs after the last munmap. */
 	release_source(ctx);
 	kfree(ctx);
 	return 0;

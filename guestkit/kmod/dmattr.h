@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* dmattr: map a kernel buffer or a PCI BAR range with a chosen memory attribute.
- * Shared by the module and (as constants) bench/targets/kmod.py: keep them in sync. */
+ * Shared by the module and (as constants) bench/targets/kmod.py: keep them in sync
+ * (tests/test_kmod.py checks the ioctl numbers and struct sizes). */
 #ifndef DMATTR_H
 #define DMATTR_H
 #include <linux/ioctl.h>
@@ -20,6 +21,7 @@ enum dmattr_attr {
 enum dmattr_source {
 	DMATTR_SRC_RAM = 0, /* physically contiguous kernel buffer of `size` bytes */
 	DMATTR_SRC_BAR = 1, /* [offset, offset + size) of BAR `bar` of domain:bus:devfn */
+	DMATTR_NR_SOURCES
 };
 
 struct dmattr_req {
@@ -33,7 +35,16 @@ struct dmattr_req {
 	__u64 offset;
 };
 
+/* What this module can do on this kernel: the attributes each source can be mapped with
+ * (bit n: attr n) and the largest RAM buffer (the buddy allocator's top order). */
+struct dmattr_info {
+	__u32 ram_attrs;
+	__u32 bar_attrs;
+	__u64 max_ram;
+};
+
+/* SET fails with EBUSY while a mapping of the fd's current source exists. */
 #define DMATTR_IOC_SET _IOW('D', 1, struct dmattr_req)
-#define DMATTR_IOC_QUERY _IOR('D', 2, __u32) /* bit n set: attr n is supported */
+#define DMATTR_IOC_INFO _IOR('D', 3, struct dmattr_info)
 
 #endif

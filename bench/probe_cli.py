@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import termios
 
 from bench import kernels, memtypes, metadata
 from bench.errors import UserError
@@ -80,10 +81,17 @@ def probe_each(mapping, selected: list, effective: str | None, progress: bool) -
         return probe_mapping(mapping, selected, effective)
     out: list[Outcome] = []
     for p in selected:
-        print(f"# probe {mapping.attr} {p.name}", file=sys.stderr, flush=True)
+        _say(f"# probe {mapping.attr} {p.name}")
         out += probe_mapping(mapping, [p], effective)
-        print(f"# outcome {json.dumps(out[-1].to_dict())}", file=sys.stderr, flush=True)
+        _say(f"# outcome {json.dumps(out[-1].to_dict())}")
     return out
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+    if sys.stderr.isatty():  # a serial console: the line must be out before a probe that may stop the machine
+        termios.tcdrain(sys.stderr.fileno())
+
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)

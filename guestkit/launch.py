@@ -34,7 +34,7 @@ TIMEOUT_EXIT = 124
 _ESCAPES = re.compile(r"\x1b(?:\[[0-9;?]*[A-Za-z]|.)")
 # QEMU's line when KVM_RUN fails (e.g. -EFAULT after a stage-2 fault the host's KVM cannot
 # handle).  QEMU then pauses the VM instead of exiting, so the line itself ends the boot.
-KVM_FAILED = re.compile(r"error: kvm run failed")
+KVM_FAILED = re.compile(r"kvm run failed")
 VM_KILLED_EXIT = 4
 
 
@@ -76,8 +76,6 @@ class Receiver:
 
     def feed(self, line: str) -> Shown | None:
         """Consume one console line; returns (stream, text) when it is for the user to see."""
-        if self.killed is None and KVM_FAILED.search(line):  # anywhere: QEMU's stderr may split a console line
-            self.killed = _ESCAPES.sub("", line)
         tag, _, rest = line.partition(" ")
         if tag in agent.STREAM_TAGS and not self._record:
             stream, end = agent.STREAM_TAGS[tag]
@@ -100,6 +98,13 @@ class Receiver:
         if line.startswith(agent.READY):
             self.ready_at = time.monotonic()
             return None
+        return "err", line + "\n"
+
+    def qemu_says(self, line: str) -> Shown:
+        """One line of QEMU's own stderr (never the guest's console): shown, and watched for
+        the KVM failure that leaves the VM paused."""
+        if self.killed is None and KVM_FAILED.search(line):
+            self.killed = line
         return "err", line + "\n"
 
     def _finish(self) -> None:
@@ -175,7 +180,7 @@ def _boot(qemu_argv: list[str], timeout: float, rx: Receiver, echo) -> int:
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(qemu_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.PIPE)
     except FileNotFoundError:
         raise UserError(f"{qemu_argv[0]} not found: run 'python -m guestkit deps'") from None
     timed_out = _pump(proc, t0 + timeout, rx, echo)
@@ -197,31 +202,33 @@ def _boot(qemu_argv: list[str], timeout: float, rx: Receiver, echo) -> int:
 
 
 def _pump(proc: subprocess.Popen, deadline: float, rx: Receiver, echo) -> bool:
-    """Read the console until QEMU exits or the deadline; True if it timed out."""
+    """Read the console (QEMU's stdout) and QEMU's own messages (its stderr) until QEMU
+    exits or the deadline; True if it timed out.  After `kvm run failed` QEMU is killed and
+    both pipes are read to their end, so no console line the guest had sent is lost."""
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    buf = b""
-    while True:
+    sel.register(proc.stdout, selectors.EVENT_READ, rx.feed)
+    sel.register(proc.stderr, selectors.EVENT_READ, rx.qemu_says)
+    bufs: dict[int, bytes] = {}
+    while sel.get_map():
         left = deadline - time.monotonic()
         if left <= 0:
             proc.kill()
             proc.wait()
             return True
-        if sel.select(timeout=min(left, 1.0)):
-            chunk = os.read(proc.stdout.fileno(), 1 << 16)
+        for key, _ in sel.select(timeout=min(left, 1.0)):
+            chunk = os.read(key.fd, 1 << 16)
             if not chunk:
-                break
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
+                sel.unregister(key.fileobj)
+                continue
+            *lines, bufs[key.fd] = (bufs.get(key.fd, b"") + chunk).split(b"\n")
             for raw in lines:
-                shown = rx.feed(raw.decode(errors="replace").rstrip("\r"))
+                shown = key.data(raw.decode(errors="replace").rstrip("\r"))
                 if shown is not None:
                     echo(shown)
         if rx.exit_code is not None and proc.poll() is not None:
             break
-        if rx.killed is not None:  # QEMU paused the VM and would wait forever
+        if rx.killed is not None and proc.poll() is None:  # QEMU paused the VM and would wait forever
             proc.kill()
-            break
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:

@@ -35,7 +35,7 @@ def test_kvm_refused_on_foreign_host():
 
 def test_vfio_device_in_argv():
     argv = get_arch("x86_64").argv(GuestConfig(Path("/k"), Path("/i"), vfio=("0000:01:00.0",)))
-    assert "vfio-pci,host=0000:01:00.0" in argv and "console=ttyS0" in " ".join(argv)
+    assert "vfio-pci,host=0000:01:00.0,rombar=0,bus=pcie.0,addr=0x1" in argv and "console=ttyS0" in " ".join(argv)
 
 
 @pytest.mark.skipif(shutil.which("cpio") is None, reason="needs the cpio tool")

@@ -1,0 +1,334 @@
+"""The stage-2 lab's linux guest, inside the emulated KVM host (L1): boot Debian L2 guests
+under QEMU/KVM with the ivshmem BAR passed through (vfio-pci), run `bench probe` through
+the pci target there, and survive the host's KVM killing the VM.
+
+Runs as `python3 -m guestkit.l2driver [--probes-only] [--probe NAME]...` in L1, from the
+files guestkit.l2linux put under /dmtbench/l2 (standard library, bench and guestkit only).
+`bench probe --progress` names each probe before it runs and reports it after, so when
+QEMU says `kvm run failed` (KVM_RUN returned -EFAULT: a stage-2 fault KVM cannot handle;
+QEMU then pauses the VM for ever) guestkit.launch kills QEMU, the running probe is
+recorded `killed` with L1's kernel log line as its code, and a fresh L2 runs the probes
+not yet recorded: one death hides nothing.  Unless --probes-only, the last L2 also makes
+a `--fast` run whose pyperf file comes home like any result.  Everything is written to
+results/<machine>/<stamp>-lab-<release>-linux-probes.json after every boot.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import kvmpolicy, metadata
+from bench import results as bench_results
+from bench.errors import UserError
+from bench.probe import probes
+from guestkit import launch
+from guestkit.cpio import CpioWriter
+from guestkit.labhost import FAST_SIZE, FAST_WORKLOADS, kernel_log
+from guestkit.qemu import GuestConfig, get_arch
+
+ROOT = Path("/dmtbench")
+L2 = ROOT / "l2"
+BDF = "0000:00:01.0"  # ivshmem: bound to vfio-pci in L1 (guestkit.kvmhost), the same address in L2
+TARGET = f"pci:{BDF}/2"
+ATTRS = ("device-ngnre", "normal-nc")  # what the pci target gives: resource2 and resource2_wc
+BACKING = "vfio"
+L2_MEMORY_MB = 1024
+L2_CPUS = int(os.environ.get("DMTBENCH_L2_CPUS", "1"))
+BOOT_TIMEOUT = 300.0
+_PROBE = re.compile(r"^# probe (\S+) (\S+)$")
+_MARK = re.compile(r"^# (step|fast)-(start|exit)(?: (\d+))?$")
+
+
+def lab_result(outcome: dict) -> tuple[str, str]:
+    """bench probe's (result, code) in the lab's words: a signal in the L2's userspace is a
+    `fault` coded like SIGBUS/BUS_ADRALN; ok, skip, hang, stxr-fail... stay as they are."""
+    result, code = outcome["result"], outcome.get("code") or ""
+    if result.startswith("SIG"):
+        return "fault", f"{result}/{code}" if code else result
+    return result, code
+
+
+def kvm_log_line(messages: list[str]) -> str:
+    """The host kernel's line about the killed VM (`kvm [pid]: Unsupported FSC: ...`)."""
+    kvm = [m for m in messages if "kvm" in m.lower()]
+    fsc = [m for m in kvm if "Unsupported FSC" in m]
+    return (fsc or kvm or [""])[-1].strip()
+
+
+class KernelLog:
+    """New records of /dev/kmsg since the last mark (L1's own kernel log)."""
+
+    def __init__(self, path: str = "/dev/kmsg") -> None:
+        try:
+            self.fd: int | None = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            self.fd = None
+
+    def mark(self) -> None:
+        if self.fd is not None:
+            os.lseek(self.fd, 0, os.SEEK_END)
+
+    def new(self) -> list[str]:
+        """Messages logged since mark() (each record is 'prio,seq,usec,flags;text')."""
+        out = []
+        while self.fd is not None:
+            try:
+                record = os.read(self.fd, 8192).decode(errors="replace")
+            except BlockingIOError:
+                break
+            except BrokenPipeError:  # records overwritten while we read: go on with the next
+                continue
+            if not record:
+                break
+            out.append(record.split(";", 1)[-1].split("\n", 1)[0])
+        return out
+
+
+@dataclass
+class Watch:
+    """The echo of one L2 boot: follows the progress lines, forwards the console to stderr."""
+
+    verbose: bool = True
+    current: tuple[str, str] | None = None       # the probe announced and not yet reported
+    outcomes: list[dict] = field(default_factory=list)
+    in_fast: bool = False
+    fast_exit: int | None = None
+    fast_seconds: float = 0.0
+    step_exits: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    stdout: list[str] = field(default_factory=list)
+    _fast_t0: float = 0.0
+
+    def __call__(self, item: launch.Shown) -> None:
+        stream, text = item
+        line = text.rstrip("\n")
+        if stream == "out":
+            self.stdout.append(text)
+        elif (m := _PROBE.match(line)) is not None:
+            self.current = (m.group(1), m.group(2))
+        elif line.startswith("# outcome "):
+            self._outcome(line.removeprefix("# outcome "))
+        elif (m := _MARK.match(line)) is not None:
+            self._mark(m.group(1), m.group(2), m.group(3))
+        elif line.startswith("error: "):
+            self.errors.append(line.removeprefix("error: "))
+        if self.verbose and stream == "err":
+            sys.stderr.write(f"L2| {text}")
+            sys.stderr.flush()
+
+    def _outcome(self, text: str) -> None:
+        try:
+            outcome = json.loads(text)
+        except ValueError:  # another writer (the L2 kernel, QEMU) cut into the line
+            self.errors.append(f"unreadable progress line {text!r}")
+            return
+        self.outcomes.append(outcome)
+        self.current = None
+
+    def _mark(self, what: str, when: str, code: str | None) -> None:
+        if what == "fast" and when == "start":
+            self.in_fast, self._fast_t0 = True, time.monotonic()
+        elif what == "fast":
+            self.in_fast, self.fast_exit = False, int(code or 0)
+            self.fast_seconds = time.monotonic() - self._fast_t0
+        elif when == "exit":
+            self.step_exits.append(int(code or 0))
+
+    def l2_emulated(self) -> bool | None:
+        """What the L2's own `bench probe --json` said about being emulated."""
+        text, dec, pos = "".join(self.stdout), json.JSONDecoder(), 0
+        while (start := text.find("{", pos)) >= 0:
+            try:
+                doc, pos = dec.raw_decode(text, start)
+            except ValueError:
+                pos = start + 1
+                continue
+            if isinstance(doc, dict) and "emulated" in doc:
+                return bool(doc["emulated"])
+        return None
+
+
+def probe_commands(remaining: list[tuple[str, str]], all_names: list[str]) -> list[list[str]]:
+    """`bench probe` command lines that run exactly `remaining` (attr, probe) in order: one
+    per attribute, merged where attributes share the same probe list (`all_names`, every
+    probe there is, needs no --probe)."""
+    by_attr: dict[str, list[str]] = {}
+    for attr, name in remaining:
+        by_attr.setdefault(attr, []).append(name)
+    groups: list[tuple[list[str], list[str]]] = []
+    for attr, names in by_attr.items():
+        if groups and groups[-1][1] == names:
+            groups[-1][0].append(attr)
+        else:
+            groups.append(([attr], names))
+    cmds = []
+    for attrs, names in groups:
+        cmd = ["python3", "-m", "bench", "probe", "--target", TARGET, "--json", "--progress"]
+        cmd += [f"--attr={a}" for a in attrs]
+        cmd += [] if names == all_names else [f"--probe={n}" for n in names]
+        cmds.append(cmd)
+    return cmds
+
+
+def fast_command(release: str) -> list[str]:
+    """The lab's `--fast` run through the pci target; the file stem ends in -linux-vfio."""
+    cmd = ["python3", "-m", "bench", "run", "--target", TARGET, "--fast", "--size", FAST_SIZE,
+           "--label", f"lab-{release}-linux-{BACKING}", "--results-dir", "results"]
+    cmd += [f"--attr={a}" for a in ATTRS]
+    return cmd + [f"--workload={w}" for w in FAST_WORKLOADS]
+
+
+def l2_script(probe_cmds: list[list[str]], fast: list[str] | None) -> str:
+    """The L2 job as one shell line, with markers the Watch reads."""
+    # The progress lines go straight to the console (bench probe drains it after each), so
+    # the announcement of a probe that kills the VM is out before the probe runs.
+    parts = [f"{shlex.join(c)} 2>/dev/console; echo \"# step-exit $?\" >&2" for c in probe_cmds]
+    if fast:
+        parts.append(f"echo '# fast-start' >&2; {shlex.join(fast)}; echo \"# fast-exit $?\" >&2")
+    return "; ".join(parts) or "true"
+
+
+def write_job(initrd: Path, offset: int, job: dict) -> None:
+    """Replace the job overlay at the end of the L2 initramfs (the kernel unpacks the
+    concatenated archives in order, so this job.json wins over the suite's placeholder)."""
+    with initrd.open("r+b") as f:
+        f.seek(offset)
+        w = CpioWriter(f)
+        w.add_file("dmtbench/job.json", json.dumps(job).encode())
+        w.close()
+        f.truncate()
+
+
+@dataclass
+class Lab:
+    """One L1 boot's worth of L2 boots and what they found."""
+
+    release: str
+    names: list[str]
+    probes_only: bool
+    verbose: bool
+    report: dict
+    out: Path
+    kmsg: KernelLog = field(default_factory=KernelLog)
+
+    def run(self) -> int:
+        plan = [(a, n) for a in ATTRS for n in self.names]
+        recorded: dict[tuple[str, str], dict] = {}
+        fast_pending = not self.probes_only
+        while fast_pending or any(k not in recorded for k in plan):
+            remaining = [k for k in plan if k not in recorded]
+            watch, ended = self.boot(remaining, fast_pending)
+            for o in watch.outcomes:
+                result, code = lab_result(o)
+                recorded[(o["attr"], o["probe"])] = self.outcome(o["attr"], o["probe"], result, code)
+            killed = ended.startswith("killed")
+            if watch.fast_exit is not None or (killed and watch.in_fast):
+                fast_pending = False
+                self.report["runs"].append({"backing": BACKING, "exit": watch.fast_exit, "ended": ended,
+                                            "seconds": round(watch.fast_seconds, 1)})
+            if killed and watch.current is not None:
+                recorded[watch.current] = self.outcome(*watch.current, "killed", ended.removeprefix("killed: "))
+            self.save(plan, recorded)
+            if killed and (watch.current is not None or watch.in_fast):
+                continue  # a fresh L2 for what is left
+            if not ended.startswith("exit") or any(k not in recorded for k in remaining) or fast_pending:
+                return self.fail(plan, recorded, ended, watch)
+        return 0
+
+    @staticmethod
+    def outcome(attr: str, probe: str, result: str, code: str) -> dict:
+        return {"backing": BACKING, "attr": attr, "probe": probe, "result": result, "code": code}
+
+    def boot(self, remaining: list[tuple[str, str]], fast: bool) -> tuple[Watch, str]:
+        """One L2: run `remaining` (and the fast run); (its watch, how it ended)."""
+        script = l2_script(probe_commands(remaining, [p.name for p in probes()]), fast_command(self.release) if fast else None)
+        job = {"argv": ["sh", "-c", script], "machine": metadata.machine_name(), "setup": [],
+               "env": {"DMTBENCH_COMMIT": metadata.git_commit()}}
+        manifest = json.loads((L2 / "manifest.json").read_text())
+        write_job(L2 / "initrd.cpio", manifest["initrd_bytes"], job)
+        # Nested in an emulated host, the L2's timings are emulated too (accel kvm alone
+        # would not say so): the flag metadata.emulated() reads from the kernel cmdline.
+        flag = (metadata.EMULATED_FLAG,) if metadata.emulated() else ()
+        cfg = GuestConfig(L2 / "Image", L2 / "initrd.cpio", accel="kvm", memory_mb=L2_MEMORY_MB, cpus=L2_CPUS, vfio=(BDF,),
+                          cmdline_extra=flag)
+        watch, rx = Watch(self.verbose), launch.Receiver(Path(os.environ.get("DMTBENCH_RESULTS", "results")))
+        self.kmsg.mark()
+        t0 = time.monotonic()
+        try:
+            code = launch._boot(get_arch("arm64").argv(cfg), BOOT_TIMEOUT, rx, watch)
+            ended = f"exit {code}"
+        except launch.VmKilled as exc:
+            ended = "killed: " + (kvm_log_line(self.kmsg.new()) or kvm_log_line(kernel_log().splitlines()) or exc.line)
+        except UserError as exc:
+            ended = f"error: {exc}"
+        self.report["l2_boots"] += 1
+        self.report["boots"].append({"seconds": round(time.monotonic() - t0, 1), "ended": ended,
+                                     "ready_s": round(rx.ready_at - t0, 1) if rx.ready_at else None,
+                                     "probes": len(watch.outcomes) + (1 if watch.current else 0)})
+        if self.report.get("l2_emulated") is None:
+            self.report["l2_emulated"] = watch.l2_emulated()
+        return watch, ended
+
+    def save(self, plan: list[tuple[str, str]], recorded: dict) -> None:
+        self.report["outcomes"] = [recorded[k] for k in plan if k in recorded]
+        self.out.write_text(json.dumps(self.report, indent=1))
+
+    def fail(self, plan: list[tuple[str, str]], recorded: dict, ended: str, watch: Watch) -> int:
+        """An L2 that ended without finishing and without a probe to blame: say why, stop."""
+        why = watch.errors[-1] if watch.errors else ended
+        self.report["backings"][BACKING]["error"] = why
+        self.save(plan, recorded)
+        print(f"l2driver: {why}", file=sys.stderr)
+        return 3
+
+
+def prepare() -> None:
+    """Make the inner QEMU runnable: executable, on PATH, its libraries found."""
+    (L2 / "bin" / "qemu-system-aarch64").chmod(0o755)
+    os.environ["PATH"] = f"{L2 / 'bin'}:{os.environ.get('PATH', '')}"
+    os.environ["LD_LIBRARY_PATH"] = str(L2 / "lib")  # only libraries L1's own image lacks
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python3 -m guestkit.l2driver", description=__doc__.splitlines()[0])
+    p.add_argument("--probes-only", action="store_true", help="no --fast run in the L2")
+    p.add_argument("--probe", action="append", default=[], help="probe name (repeatable; default: all)")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not forward the L2 console to stderr")
+    args = p.parse_args(argv)
+    names = [pr.name for pr in probes()]
+    bad = [n for n in args.probe if n not in names]
+    if bad:
+        print(f"error: unknown probe {bad[0]!r}: use one of {', '.join(names)}", file=sys.stderr)
+        return 2
+    release = platform.release()
+    results = Path(os.environ.get("DMTBENCH_RESULTS", "results"))
+    out = bench_results.default_path(results, metadata.machine_name(), f"lab-{release}-linux-probes")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = kernel_log()
+    report = {"host_kernel": release, "guest": "linux", "fwb": kvmpolicy.fwb_from_log(log),
+              "kvm": os.path.exists("/dev/kvm"), "el2": "started at EL2" in log, "emulated": metadata.emulated(),
+              "l2_emulated": None, "l2_boots": 0, "backings": {BACKING: {"target": TARGET}}, "outcomes": [],
+              "runs": [], "boots": []}
+    out.write_text(json.dumps(report, indent=1))
+    if not report["kvm"]:
+        return 0  # the lab reports a host without KVM from the kvm field
+    prepare()
+    t0 = time.monotonic()
+    code = Lab(release, args.probe or names, args.probes_only, not args.quiet, report, out).run()
+    report["backings"][BACKING]["seconds"] = round(time.monotonic() - t0, 1)
+    out.write_text(json.dumps(report, indent=1))
+    print(f"l2driver: {release}: {len(report['outcomes'])} outcomes in {report['l2_boots']} L2 boot(s), "
+          f"{len(report['runs'])} run(s)")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

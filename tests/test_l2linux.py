@@ -1,0 +1,172 @@
+"""The stage-2 lab's linux guest: the inner QEMU's library closure (checked against readelf
+and the real Debian packages), bench probe's --progress lines as the L1 driver reads them,
+kill detection on a process that behaves like a paused QEMU, and one real nested boot."""
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import probe
+from conftest import run_cli
+from guestkit import l2driver, l2linux, launch
+from guestkit.cpio import CpioWriter
+from guestkit.qemu import get_arch
+
+ARM64 = get_arch("arm64")
+
+
+def _readelf_needed(path: Path) -> list[str]:
+    out = subprocess.run(["readelf", "-d", str(path)], capture_output=True, text=True, check=True).stdout
+    return [line.split("[", 1)[1].rstrip("]") for line in out.splitlines() if "(NEEDED)" in line]
+
+
+@pytest.mark.skipif(shutil.which("readelf") is None, reason="needs binutils' readelf")
+def test_dt_needed_agrees_with_readelf():
+    for path in (Path(sys.executable).resolve(), Path(subprocess.__file__).parent / "lib-dynload"):
+        files = [path] if path.is_file() else sorted(path.glob("_ssl*.so"))[:1]
+        for f in files:
+            assert l2linux.dt_needed(f.read_bytes()) == _readelf_needed(f)
+    with pytest.raises(ValueError):
+        l2linux.dt_needed(b"#!/bin/sh\n")
+
+
+def test_depends_closure_drops_virtual_packages():
+    text = "qemu-system-arm\n  Depends: libc6\n  Depends: <libgl1>\nlibc6\n  Depends: libgcc-s1\n<virtual-pkg>\nlibgcc-s1\n"
+    assert l2linux.depends_closure(text) == ["libc6", "libgcc-s1", "qemu-system-arm"]
+
+
+@pytest.mark.skipif(shutil.which("readelf") is None, reason="needs binutils' readelf")
+def test_inner_qemu_ships_exactly_the_missing_libraries(guest_ready, tmp_path):
+    qroot = l2linux.inner_qemu(ARM64)
+    binary = qroot / "bin" / "qemu-system-aarch64"
+    shipped = {p.name for p in (qroot / "lib").iterdir()}
+    assert l2linux.dt_needed(binary.read_bytes()) == _readelf_needed(binary)
+    # The base image's libraries (python's own) are never shipped twice ...
+    assert not shipped & {"libc.so.6", "libm.so.6", "libz.so.1", "libssl.so.3", "libffi.so.8", "libgcc_s.so.1"}
+    # ... and the closure is closed: everything anything shipped needs is shipped or in the base.
+    debs = [d for d in (l2linux.arch_cache("arm64") / "apt" / "debs").glob("*.deb")
+            if d.name.split("_")[0] in l2linux.image.GUEST_PKGS]
+    l2linux._extract(debs, tmp_path)
+    for f in [binary, *(qroot / "lib").iterdir()]:
+        for name in _readelf_needed(f):
+            assert name in shipped or l2linux.find_lib(name, [tmp_path]), (f.name, name)
+    assert "libglib-2.0.so.0" in shipped and "libfdt.so.1" in shipped
+
+
+def test_progress_lines_give_every_outcome_as_it_happens(tmp_path):
+    # The real bench probe on host RAM: what --progress says matches the final JSON.
+    proc = run_cli("probe", "--target", "ram", "--json", "--progress", "--probe", "load8", "--probe", "load8-unaligned")
+    assert proc.returncode == 0, proc.stderr
+    watch = l2driver.Watch(verbose=False)
+    for line in proc.stderr.splitlines(keepends=True):
+        watch(("err", line))
+    watch(("out", proc.stdout))
+    final = json.loads(proc.stdout)["outcomes"]
+    assert watch.outcomes == final and watch.current is None and not watch.errors
+    assert watch.l2_emulated() is False
+    lines = proc.stderr.splitlines()
+    assert lines[0] == "# probe normal load8" and lines[1].startswith("# outcome ")
+
+
+def test_watch_knows_the_probe_that_was_running():
+    watch = l2driver.Watch(verbose=False)
+    for text in ["# probe normal-nc load8\n", '# outcome {"attr": "normal-nc", "probe": "load8", "result": "ok"}\n',
+                 "# probe normal-nc load8-unaligned\n", '# outcome {"attr": "normal-nc", "pro\n']:
+        watch(("err", text))
+    assert watch.current == ("normal-nc", "load8-unaligned")
+    assert len(watch.outcomes) == 1 and watch.errors[0].startswith("unreadable progress line")
+    watch(("err", "# fast-start\n"))
+    assert watch.in_fast
+    watch(("err", "# fast-exit 0\n"))
+    assert not watch.in_fast and watch.fast_exit == 0
+
+
+def test_lab_words_and_kernel_log_line():
+    assert l2driver.lab_result({"result": "SIGBUS", "code": "BUS_ADRALN"}) == ("fault", "SIGBUS/BUS_ADRALN")
+    assert l2driver.lab_result({"result": "ok", "code": ""}) == ("ok", "")
+    assert l2driver.lab_result({"result": "skip", "code": "writes not allowed"}) == ("skip", "writes not allowed")
+    log = ["vfio-pci 0000:00:01.0: enabling device", "kvm [97]: Unsupported FSC: EC=0x24 xFSC=0x21 ESR_EL2=0x93c08021"]
+    assert l2driver.kvm_log_line(log) == log[1]
+    assert l2driver.kvm_log_line(["nothing here"]) == ""
+
+
+def test_remaining_probes_become_the_fewest_commands():
+    every = ["load8", "load8-unaligned", "store8"]
+    remaining = [("normal-nc", "load8-unaligned"), ("normal-nc", "store8")]
+    (cmd,) = l2driver.probe_commands(remaining, every)
+    assert cmd[cmd.index("--target") + 1] == l2driver.TARGET and "--progress" in cmd
+    assert [a for a in cmd if a.startswith("--")][-3:] == ["--attr=normal-nc", "--probe=load8-unaligned",
+                                                          "--probe=store8"]
+    full = l2driver.probe_commands([(a, n) for a in l2driver.ATTRS for n in every], every)
+    assert len(full) == 1 and not any(a.startswith("--probe") for a in full[0])
+    split = l2driver.probe_commands([("device-ngnre", "store8"), ("normal-nc", "load8")], every)
+    assert len(split) == 2
+    script = l2driver.l2_script(split, l2driver.fast_command("6.1.0-56-arm64"))
+    assert script.count("2>/dev/console") == 2 and "--label lab-6.1.0-56-arm64-linux-vfio" in script
+
+
+@pytest.mark.skipif(shutil.which("cpio") is None, reason="needs the cpio tool")
+def test_job_overlay_is_rewritten_in_place(tmp_path):
+    initrd = tmp_path / "initrd.cpio"
+    with initrd.open("wb") as f:
+        w = CpioWriter(f)
+        w.add_dir("dmtbench")
+        w.add_file("dmtbench/job.json", b'{"argv": ["true"]}')
+        w.close()
+    base = initrd.stat().st_size
+    l2driver.write_job(initrd, base, {"argv": ["a-long-first-command"] * 20})
+    l2driver.write_job(initrd, base, {"argv": ["second"]})
+    out = tmp_path / "x"
+    out.mkdir()
+    # The kernel unpacks concatenated archives in order; cpio -i reads them the same way
+    # when told to go on past the first trailer.
+    data = initrd.read_bytes()
+    subprocess.run(["cpio", "-id", "--quiet"], input=data[:base], cwd=out, check=True)
+    subprocess.run(["cpio", "-idu", "--quiet"], input=data[base:], cwd=out, check=True)
+    assert json.loads((out / "dmtbench/job.json").read_text()) == {"argv": ["second"]}
+    assert initrd.stat().st_size % 512 == 0 and initrd.stat().st_size < base + 1024
+
+
+def test_kvm_run_failed_ends_a_paused_vm(tmp_path):
+    # A stand-in for QEMU after KVM_RUN failed: console lines, QEMU's message on stderr,
+    # then it waits for ever (as QEMU does with the VM paused).
+    script = ('echo "@@DMT-ERR # probe normal-nc load8-unaligned"; '
+              'echo "error: kvm run failed Bad address" >&2; echo " PC=0000ffff88cf2688" >&2; exec sleep 600')
+    seen = []
+    t0 = time.monotonic()
+    with pytest.raises(launch.VmKilled) as exc:
+        launch._boot(["sh", "-c", script], 60, launch.Receiver(tmp_path), seen.append)
+    assert time.monotonic() - t0 < 10 and exc.value.code == launch.VM_KILLED_EXIT
+    assert exc.value.line == "error: kvm run failed Bad address"
+    assert ("err", "# probe normal-nc load8-unaligned\n") in seen
+    # The guest's own output naming the message is not QEMU's: no kill.
+    rx = launch.Receiver(tmp_path)
+    assert launch._boot(["sh", "-c", 'echo "@@DMT-ERR error: kvm run failed (quoted)"; echo "@@DMT-EXIT 0"'],
+                        30, rx, seen.append) == 0 and rx.killed is None
+
+
+@pytest.mark.guest
+def test_nested_linux_guest_killed_probe_and_the_rest(guest_ready, tmp_path):
+    """One emulated 6.1 host: vfio + normal-nc + unaligned kills the L2; a fresh L2 runs the
+    probe after it; the Device mapping faults in the L2 itself; L2 says it is emulated."""
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "guestkit.l2linux", "--kernel", "6.1", "--probes-only",
+                           "--probe", "load8-unaligned", "--probe", "load8", "--results", str(tmp_path),
+                           "--timeout", "400"], capture_output=True, text=True, timeout=500,
+                          cwd=Path(__file__).resolve().parent.parent)
+    print(f"nested linux guest test: {time.monotonic() - t0:.1f} s wall")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = tmp_path.glob("*/*-lab-6.1*-linux-probes.json")
+    data = json.loads(path.read_text())
+    got = {(o["attr"], o["probe"]): o for o in data["outcomes"]}
+    assert data["host_kernel"].startswith("6.1.") and data["kvm"] and data["guest"] == "linux"
+    killed = got[("normal-nc", "load8-unaligned")]
+    assert killed["backing"] == "vfio" and killed["result"] == "killed" and "Unsupported FSC" in killed["code"]
+    assert got[("normal-nc", "load8")]["result"] == "ok"  # ran in the second L2
+    assert got[("device-ngnre", "load8-unaligned")]["result"] == "fault"
+    assert got[("device-ngnre", "load8-unaligned")]["code"] == "SIGBUS/BUS_ADRALN"
+    assert data["l2_boots"] == 2 and data["l2_emulated"] is True

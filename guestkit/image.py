@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyperf
 
-from bench import kbuild
+from bench import kbuild, kvmbuild
 from bench.errors import UserError
 from guestkit.cpio import CpioWriter
 from guestkit.qemu import Arch
@@ -121,6 +121,14 @@ def suite_library(arch: Arch, cache: Path) -> Path:
     return out
 
 
+def kvm_bundle(arch: Arch, cache: Path) -> dict[str, bytes]:
+    """The kvm target's arm64 VMM and payload, cross-built like the kernels library."""
+    try:
+        return kvmbuild.bundle(cache, None if arch.native() else arch.cross_cc)
+    except kbuild.BuildError as exc:
+        raise UserError(f"{exc}".splitlines()[0] + " (python -m guestkit deps installs the arm64 compiler)") from None
+
+
 def _add_sources(w: CpioWriter, src: Path, arc: str) -> None:
     """A package directory without caches or built libraries."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,6 +148,9 @@ def build_job(arch: Arch, cache: Path, job: dict, extra: dict[str, bytes] | None
         _add_sources(w, REPO / d, f"dmtbench/{d}")
     _add_sources(w, Path(pyperf.__file__).resolve().parent, "dmtbench/site/pyperf")
     w.add_file(f"dmtbench/bench/{kbuild.LIB_NAME}", suite_library(arch, cache).read_bytes(), 0o755)
+    if arch.name == "arm64":  # the kvm target's VMM library and L2 payload (bench.kvmbuild)
+        for name, data in kvm_bundle(arch, cache).items():
+            w.add_file(f"dmtbench/bench/{name}", data, 0o755)
     w.add_file("dmtbench/job.json", json.dumps(job).encode())
     dirs = sorted({str(Path(name).parent) for name in extra or {}} - {"."})
     for d in dirs:  # the kernel's cpio unpacker makes no missing parents

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from bench import kernels, kvmpolicy, memtypes, metadata
+from bench import kernels, kvmpolicy, memtypes
 from bench.errors import UserError
 from bench.plan import Case
 from bench.probe import Outcome, Probe, probes
@@ -97,6 +97,7 @@ class KvmTarget(Target):
         self.spec = f"kvm:{self.backing}" + (f":{self.pci.spec.removeprefix('pci:')}" if self.pci else "")
         if self.backing == "vfio":
             vfio.check_bound(self.pci.dev)
+        self._users, self._bar = 0, None
 
     # --- what the host is and what KVM should do ---------------------------------------
     @cached_property
@@ -133,7 +134,7 @@ class KvmTarget(Target):
                 "fwb": {True: "true", False: "false", None: "unknown"}[self.fwb],
                 "stage2_predicted": self.prediction.stage2, "stage2_reason": self.prediction.reason,
                 "stage2_observed": self.observed, "stage2_agrees": "true" if agrees else "false",
-                "hypervisor": "kvm (this host)", "emulated": "true" if metadata.emulated() else "false"}
+                "vmm": "dmtbench kvm payload (KVM on this host)"}
 
     def own_stage2(self) -> str | None:
         return self.prediction.stage2
@@ -167,14 +168,31 @@ class KvmTarget(Target):
                        self.spec, b.close)
 
     def _map(self, size: int) -> Backing:
+        """A host mapping of at least `size` bytes.  A BAR is mapped whole, once per process,
+        and shared (a vfio group can be open only once); close() drops one user."""
         if self.pci and size > self.pci.bar.size:
             raise UserError(f"{self.spec}: BAR {self.pci.index} is {self.pci.bar.size} bytes, smaller than the "
                             f"{size} asked: pass a smaller --size")
-        writable = self.pci.allow_writes if self.pci else True
         if self.backing == "ram":
             length = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
             ptr, close = map_memory(length, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
             return Backing(ptr, length, True, "anonymous mmap (KVM: guest RAM)", close)
+        if not self._users:
+            self._bar = self._map_bar()
+        self._users += 1
+        bar, state = self._bar, {"open": True}
+
+        def release() -> None:
+            if state["open"]:
+                state["open"] = False
+                self._users -= 1
+                if not self._users:
+                    bar.close()
+
+        return Backing(bar.ptr, bar.size, bar.writable, bar.realised, release)
+
+    def _map_bar(self) -> Backing:
+        writable = self.pci.allow_writes
         if self.backing == "vfio":
             r = vfio.open_region(self.pci.dev, self.pci.index, writable)
             return Backing(r.ptr, r.size, writable, f"vfio-pci region {self.pci.index} at offset {r.offset:#x}", r.close)

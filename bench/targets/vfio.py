@@ -58,8 +58,10 @@ def check_bound(dev: Path) -> int:
 
 
 def _ioctl(fd: int, req: int, arg, what: str) -> int:
+    """ioctl(2); a buffer argument is passed mutable, so the call's return value (a new
+    fd for VFIO_GROUP_GET_DEVICE_FD) comes back, not a copy of the buffer."""
     try:
-        return fcntl.ioctl(fd, req, arg)
+        return fcntl.ioctl(fd, req, bytearray(arg) if isinstance(arg, bytes) else arg)
     except OSError as exc:
         raise _refused(what, exc) from None
 

@@ -182,3 +182,11 @@ def test_not_bound_to_vfio_says_how_to_bind(tmp_path, driver, needle):
 def test_iommu_refusal_names_interrupt_remapping():
     msg = str(vfio._refused("VFIO_SET_IOMMU", PermissionError(1, "Operation not permitted")))
     assert "interrupt remapping" in msg and "gic-version=3" in msg
+
+
+def test_host_checks_are_one_line(tmp_path):
+    with pytest.raises(UserError, match="needs an arm64 KVM host, this is x86_64"):
+        kvm.check_host("x86_64")
+    with pytest.raises(UserError, match=r"no .*kvm: this kernel offers no KVM") as exc:
+        kvm.check_host("aarch64", str(tmp_path / "kvm"))
+    assert "--kvm-host" in str(exc.value) and "\n" not in str(exc.value)

@@ -13,6 +13,7 @@ import errno
 import mmap
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -23,7 +24,7 @@ from bench.plan import Case
 from bench.probe import Outcome, Probe, probes
 from bench.targets import vfio
 from bench.targets.base import Availability, Mapping, Target, map_memory
-from bench.targets.kvmvm import OP_INIT, OP_PREFAULT, OP_PROBE, OP_RUN, Answer, Vm, VmError
+from bench.targets.kvmvm import OP_INIT, OP_PREFAULT, OP_PROBE, OP_RUN, Answer, KernelLog, Vm, VmError
 from bench.targets.pci import PciTarget
 
 FORMS = "kvm:vfio:<BDF>/<bar>, kvm:sysfs:<BDF>/<bar> or kvm:ram"
@@ -45,14 +46,15 @@ def parse_spec(spec: str) -> tuple[str, str]:
     raise UserError(f"unknown kvm backing {backing!r} in {spec!r}: use {FORMS}")
 
 
-def check_host() -> None:
+def check_host(machine: str | None = None, kvm: str = "/dev/kvm") -> None:
     """UserError unless this is an arm64 Linux host with a usable /dev/kvm."""
-    if platform.machine() not in ("aarch64", "arm64"):
-        raise UserError(f"the kvm target needs an arm64 KVM host, this is {platform.machine()}: "
+    machine = machine or platform.machine()
+    if machine not in ("aarch64", "arm64"):
+        raise UserError(f"the kvm target needs an arm64 KVM host, this is {machine}: "
                         "run it there, or here in an emulated one: python -m guestkit run --kvm-host -- ...")
-    if not os.path.exists("/dev/kvm"):
-        raise UserError("no /dev/kvm: this kernel offers no KVM (boot it at EL2, load kvm, or use python -m guestkit run --kvm-host)")
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+    if not os.path.exists(kvm):
+        raise UserError(f"no {kvm}: this kernel offers no KVM (boot it at EL2 and load kvm; here: python -m guestkit run --kvm-host)")
+    if not os.access(kvm, os.R_OK | os.W_OK):
         raise UserError("no permission to use /dev/kvm: run as root or join the kvm group")
 
 
@@ -64,27 +66,7 @@ class Backing:
     size: int
     writable: bool
     realised: str
-    close: object
-
-
-def _read_log() -> str:
-    try:
-        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return ""
-    lines = []
-    try:
-        while True:
-            try:
-                lines.append(os.read(fd, 8192).decode(errors="replace").split(";", 1)[-1])
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno != errno.EPIPE:
-                    break
-    finally:
-        os.close(fd)
-    return "".join(lines)
+    close: Callable[[], None]
 
 
 class KvmTarget(Target):
@@ -110,7 +92,7 @@ class KvmTarget(Target):
 
     @cached_property
     def fwb(self) -> bool | None:
-        return kvmpolicy.fwb_from_log(_read_log())
+        return kvmpolicy.fwb_from_log("\n".join(KernelLog(from_start=True).read_all()))
 
     @cached_property
     def observed(self) -> str:

@@ -119,15 +119,23 @@ def _loaded() -> tuple[ctypes.CDLL, bytes]:
 
 
 class KernelLog:
-    """New records of the host kernel log (/dev/kmsg) since this object was made."""
+    """Records of the host kernel log (/dev/kmsg): those logged since this object was made,
+    or with from_start every record the ring buffer still holds."""
 
-    def __init__(self) -> None:
+    def __init__(self, from_start: bool = False) -> None:
         try:
             self.fd: int | None = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
-            os.lseek(self.fd, 0, os.SEEK_END)
-            self.error = ""
-        except OSError as exc:
-            self.fd, self.error = None, exc.strerror or str(exc)
+            if not from_start:
+                os.lseek(self.fd, 0, os.SEEK_END)
+        except OSError:
+            self.fd = None  # not root: killed VMs are reported by errno alone
+
+    def read_all(self) -> list[str]:
+        """Every available message, then close."""
+        try:
+            return self.new_messages()
+        finally:
+            self.close()
 
     def new_messages(self) -> list[str]:
         """Messages logged since the last call (the text after 'prio,seq,time,flags;')."""

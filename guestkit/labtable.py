@@ -83,7 +83,8 @@ def table(reports: list[HostReport]) -> str:
     """Rows backing x stage-1 attribute, one column per host kernel; '!' marks a cell that
     disagrees with the prediction (the predicted class follows it)."""
     per = [cells(r) for r in reports]
-    rows = sorted({case for c in per for case in c}, key=lambda c: (c[0], memtypes.names().index(c[1])))
+    order = [*kvmpolicy.BACKINGS, *sorted({c[0] for p in per for c in p} - set(kvmpolicy.BACKINGS))]
+    rows = sorted({case for c in per for case in c}, key=lambda c: (order.index(c[0]), memtypes.names().index(c[1])))
     col = max(14, *(len(r.kernel) + 1 for r in reports)) if reports else 14
     col = min(col, (WIDTH - 28) // max(1, len(reports)))
     head = f"{'backing':<7} {'stage-1 attr':<19}" + "".join(f" {r.kernel[:col - 1]:>{col - 1}}" for r in reports)
@@ -113,22 +114,31 @@ def _wrap(text: str) -> list[str]:
 
 
 def ratios(reports: list[HostReport]) -> str:
-    """Per case, each kernel's median relative to the first kernel's, > 1 = better
-    (speed-up for rates, inverse for latencies).  Emulated: plumbing, not hardware."""
+    """Per case, the first kernel's median and each other kernel's ratio to it, > 1 =
+    better (speed-up for rates, inverse for latencies).  Emulated: plumbing, not hardware."""
     base = reports[0] if reports else None
     if base is None or not base.medians or len(reports) < 2:
         return ""
-    col = (WIDTH - 44) // (len(reports) - 1)
-    lines = [f"{'case (emulated timings; x = vs ' + base.kernel[:12] + ', > 1 better)':<44}"
-             + "".join(f"{r.kernel[:col - 1]:>{col}}" for r in reports[1:])]
-    for case, (value, unit) in sorted(base.medians.items()):
-        cellv = ""
+    name, col = 46, 13
+    head = f"{'case (emulated timings)':<{name}}{base.kernel[:col - 1]:>{col + 2}}"
+    lines = [head + "".join(f"{r.kernel[:col - 1]:>{col}}" for r in reports[1:])]
+    for case, (value, unit) in sorted(base.medians.items(), key=lambda kv: _case_order(kv[0])):
+        line = f"{case[:name - 1]:<{name}}{value:>9.4g} {unit:<5}"
         for r in reports[1:]:
             other = r.medians.get(case)
             speed = (other[0] / value if units.higher_is_better(unit) else value / other[0]) if other and value else None
-            cellv += f"{(f'{speed:.2f}x' if speed else '-'):>{col}}"
-        lines.append(f"{case[:43]:<44}{cellv}")
+            line += f"{(f'{speed:.2f}x' if speed else '-'):>{col}}"
+        lines.append(line)
+    lines.append(f"x = median relative to {base.kernel}, > 1 = better (rates up, latencies down)")
     return "\n".join(lines)
+
+
+def _case_order(case: str) -> tuple:
+    backing, _, bench = case.partition(" ")
+    workload, _, attr = bench.partition("@")
+    known = [*kvmpolicy.BACKINGS]
+    return (known.index(backing) if backing in known else len(known), workload,
+            memtypes.names().index(attr) if attr in memtypes.names() else 99)
 
 
 def medians_of(suite_benchmarks, backing: str) -> dict[str, tuple[float, str]]:

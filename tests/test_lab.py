@@ -53,3 +53,34 @@ def test_json_outcomes_carry_kernel_guest_and_prediction():
 def test_unknown_host_kernel_is_one_line(guest_ready):
     proc = run_cli("lab", "--host-kernel", "4.19", module="guestkit")
     assert_one_line_error(proc, 2, "4.19", "6.12")
+
+
+def _lab(tmp_path, *args: str) -> dict:
+    proc = run_cli("lab", "--probes-only", "--json", "-o", str(tmp_path), *args, module="guestkit", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def _results(data: dict, guest: str) -> dict:
+    return {(o["host_kernel"].split(".")[0] + "." + o["host_kernel"].split(".")[1], o["backing"], o["attr"], o["probe"]):
+            o for o in data["outcomes"] if o["guest"] == guest}
+
+
+@pytest.mark.guest
+def test_payload_lab_shows_the_6_9_change(guest_ready, tmp_path):
+    # One emulated KVM host boot per kernel; the VM's stage 2 is the host kernel's own choice.
+    data = _lab(tmp_path, "--host-kernel", "6.1", "--host-kernel", "6.12")
+    out = _results(data, "payload")
+    for probe in UNALIGNED:
+        assert out["6.1", "vfio", "normal-nc", probe]["result"] == "killed"
+        assert out["6.12", "vfio", "normal-nc", probe]["result"] == "ok"
+        for series in ("6.1", "6.12"):
+            assert out[series, "sysfs", "normal-nc", probe]["result"] == "killed"
+            assert out[series, "ram", "device-ngnre", probe]["result"] == "fault"
+            assert out[series, "ram", "normal", probe]["result"] == "ok"
+    killed = out["6.1", "vfio", "normal-nc", "load8-unaligned"]
+    assert "Unsupported FSC" in killed["code"]  # the host kernel's own log line says why
+    assert data["mismatches"] == [] and all(h["error"] == "" for h in data["hosts"])
+    assert all(o["predicted"] in (None, o["result"]) for o in data["outcomes"] if o["probe"] in UNALIGNED)
+    homes = list((tmp_path / "qemu-arm64-kvmhost").glob("*-payload-probes.json"))
+    assert len(homes) == 2 and all(json.loads(p.read_text())["emulated"] for p in homes)

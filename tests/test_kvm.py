@@ -130,6 +130,7 @@ def test_answers_become_probe_results_and_classes():
     assert kvm._probe_result(fault) == ("fault", "ESR 0x96000021")
     assert kvm._probe_result(killed) == ("killed", killed.detail)
     assert kvm._probe_result(kvmvm.Answer("done", ret=-95)) == ("skip", "not on this CPU")
+    assert kvm._probe_result(kvmvm.Answer("done", ret=1))[0] == "stxr-fail"  # exclusive: STXR never succeeded
     assert kvm._class_of(fault) == "device" and kvm._class_of(killed) == "device"
     assert kvm._class_of(kvmvm.Answer("done")) == "normal"
     assert kvm._class_of(kvmvm.Answer("fault", esr=0x96000010)) == "unknown"  # not an alignment fault

@@ -21,7 +21,7 @@ from pathlib import Path
 from bench import kernels, kvmpolicy, memtypes
 from bench.errors import UserError
 from bench.plan import Case
-from bench.probe import Outcome, Probe, probes
+from bench.probe import EXCL_TRIES, STXR_FAIL, Outcome, Probe, probes
 from bench.targets import vfio
 from bench.targets.base import Availability, Mapping, Target, map_memory
 from bench.targets.kvmvm import OP_INIT, OP_PREFAULT, OP_PROBE, OP_RUN, Answer, KernelLog, Vm, VmError
@@ -262,9 +262,12 @@ def expected_outcome(probe: Probe, attr: str, stage2: str) -> str:
 
 
 def _probe_result(a: Answer) -> tuple[str, str]:
+    """A payload answer as a probe result, named as bench.probe names the forked ones."""
     if a.status == "done":
         if a.ret == -errno.EOPNOTSUPP:
             return "skip", "not on this CPU"
+        if a.ret == STXR_FAIL:
+            return "stxr-fail", f"STXR status 1 in all {EXCL_TRIES} tries"
         return ("ok", "") if a.ret == 0 else (f"exit {a.ret}", "")
     return a.status, a.code
 

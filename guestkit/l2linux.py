@@ -33,7 +33,7 @@ from guestkit.qemu import Arch, get_arch
 QEMU_PKG = "qemu-system-arm"          # bookworm's 7.2 (the candidate; backports' 10.x has priority 100)
 QEMU_BIN = "usr/bin/qemu-system-aarch64"
 L2_DIR = "l2"                         # under /dmtbench in L1
-MEMORY_MB = 3072                      # L1: its own userspace, the L2 files (~170 MB) and a 1 GiB L2
+MEMORY_MB = 2048                      # L1: its own userspace, the L2 files (~150 MB) and a 512 MiB L2
 LIB_DIRS = ("lib/aarch64-linux-gnu", "usr/lib/aarch64-linux-gnu", "lib", "usr/lib")
 # apt-cache depends --recurse, without what is never installed alongside.
 DEPENDS_OPTS = ["--recurse", "--no-recommends", "--no-suggests", "--no-conflicts", "--no-breaks",

@@ -79,10 +79,10 @@ def test_watch_knows_the_probe_that_was_running():
         watch(("err", text))
     assert watch.current == ("normal-nc", "load8-unaligned")
     assert len(watch.outcomes) == 1 and watch.errors[0].startswith("unreadable progress line")
-    watch(("err", "# fast-start\n"))
-    assert watch.in_fast
-    watch(("err", "# fast-exit 0\n"))
-    assert not watch.in_fast and watch.fast_exit == 0
+    watch(("err", "# fast-start device-ngnre\n"))
+    assert watch.in_fast == "device-ngnre"
+    watch(("err", "# fast-exit device-ngnre 0\n"))
+    assert watch.in_fast is None and watch.fast_done["device-ngnre"][0] == 0
 
 
 def test_lab_words_and_kernel_log_line():
@@ -105,8 +105,10 @@ def test_remaining_probes_become_the_fewest_commands():
     assert len(full) == 1 and not any(a.startswith("--probe") for a in full[0])
     split = l2driver.probe_commands([("device-ngnre", "store8"), ("normal-nc", "load8")], every)
     assert len(split) == 2
-    script = l2driver.l2_script(split, l2driver.fast_command("6.1.0-56-arm64"))
-    assert script.count("2>/dev/console") == 2 and "--label lab-6.1.0-56-arm64-linux-vfio" in script
+    fast = {a: l2driver.fast_command("6.1.0-56-arm64", a) for a in l2driver.ATTRS}
+    script = l2driver.l2_script(split, fast)
+    assert script.count("2>/dev/console") == 2 and script.count("--label lab-6.1.0-56-arm64-linux-vfio") == 2
+    assert script.index("# fast-start device-ngnre") < script.index("--attr=device-ngnre --workload=write-bw")
 
 
 @pytest.mark.skipif(shutil.which("cpio") is None, reason="needs the cpio tool")

@@ -43,7 +43,7 @@ def header_packages(arch: Arch, version: str) -> tuple[list[str], str]:
     backports ...+deb12-common and linux-kbuild-6.12.95+deb12."""
     pkg = f"linux-headers-{version}"
     try:
-        out = guest_apt(arch).query(["depends", pkg])
+        out = guest_lists(arch, version).query(["depends", pkg])
     except UserError:
         raise UserError(f"--kernel {version}: no {pkg} in the configured archive (bookworm and bookworm-backports); "
                         f"give a Debian kernel version like 6.1.0-56-{arch.debian} or 6.12.95+deb12-{arch.debian}") from None
@@ -62,26 +62,72 @@ def headers(arch: Arch, version: str) -> Path:
     if (tree / "Makefile").exists():
         return tree
     guest_pkgs, kbuild = header_packages(arch, version)
-    debs = guest_apt(arch).download(guest_pkgs)
-    debs += host_apt().download([kbuild])
+    lists = guest_lists(arch, version)
+    debs = lists.download(guest_pkgs)
+    host = host_apt(sid=lists.sources is not None)
+    debs += host.download([kbuild])
     root.mkdir(parents=True, exist_ok=True)
     for deb in debs:
         subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    if lists.sources is not None:
+        run_with_own_libc(root, host)
     # The flavour Makefile includes the common tree by absolute path: point it at ours.
     makefile = tree / "Makefile"
     makefile.write_text(makefile.read_text().replace("/usr/src/", f"{root}/usr/src/"))
     return tree
 
 
-def host_apt() -> apt.ForeignApt:
+def guest_lists(arch: Arch, version: str) -> apt.ForeignApt:
+    """The guest-architecture apt that has kernel `version` (bookworm's, or sid's)."""
+    try:
+        return kernels.offered(arch).get(version) or guest_apt(arch)
+    except UserError:
+        return guest_apt(arch)
+
+
+def host_apt(sid: bool = False) -> apt.ForeignApt:
     """apt for the build host's own architecture (linux-kbuild is a host tool)."""
+    if sid:
+        return apt.ForeignApt(host_debian_arch(), arch_cache("host") / "apt-sid", suite="sid").ensure_lists()
     return apt.ForeignApt(host_debian_arch(), arch_cache("host") / "apt").ensure_lists()
+
+
+def run_with_own_libc(root: Path, host: apt.ForeignApt) -> None:
+    """sid's kbuild tools (fixdep, modpost...) need a newer glibc than this Debian 12 host
+    has: unpack sid's libc6 beside them and turn each tool into a small script that runs
+    the real binary through sid's own dynamic loader (the binaries are not modified)."""
+    libc_root = root / "host-libc"
+    for deb in host.download(["libc6"]):
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(libc_root)], check=True)
+    loader = next(libc_root.glob("usr/lib*/x86_64-linux-gnu/ld-linux-x86-64.so.2"), None) or \
+        next(libc_root.glob("**/ld-linux-*.so.*"), None)
+    if loader is None:
+        raise UserError("sid's libc6 holds no dynamic loader: cannot run sid's kbuild tools here")
+    libdir = loader.parent
+    for tool in (p for p in root.glob("usr/lib/linux-kbuild-*/**/*") if p.is_file() and not p.is_symlink()):
+        if tool.read_bytes()[:4] != b"\x7fELF" or tool.suffix in (".so", ".o"):
+            continue
+        real = tool.with_name(tool.name + ".real")
+        tool.rename(real)
+        # --argv0: Debian's modpost finds its per-ELF-class helper from its own argv[0].
+        tool.write_text(f'#!/bin/sh\nexec "{loader}" --library-path "{libdir}" --argv0 "$0" "{real}" "$@"\n')
+        tool.chmod(0o755)
+
+
+def compiler_override(tree: Path, prefix: str) -> list[str]:
+    """make variables for a kernel built with a gcc this host lacks (sid's 7.x: gcc-16):
+    build with the host's gcc and drop the one option older gccs do not have."""
+    conf = tree / "include" / "config" / "auto.conf"
+    m = re.search(r"^CONFIG_CC_VERSION_TEXT=\"?(\S+)", conf.read_text(), re.M) if conf.exists() else None
+    if not m or shutil.which(m.group(1)):
+        return []
+    return [f"CC={prefix}gcc", "CONFIG_CC_HAS_MIN_FUNCTION_ALIGNMENT="]
 
 
 def build(arch: Arch, kernel: str) -> Path:
     """dmattr.ko for `kernel` (a Debian version, a series such as 6.12 meaning the newest
     the archive has, 'current', or a headers directory); cached by sources."""
-    if re.fullmatch(r"\d+\.\d+|current", kernel):
+    if re.fullmatch(r"\d+\.\d+|current|sid", kernel):
         kernel = kernels.resolve(arch, kernel)
     tree = Path(kernel) if "/" in kernel else headers(arch, kernel)
     if not (tree / "Makefile").exists():
@@ -97,8 +143,10 @@ def build(arch: Arch, kernel: str) -> Path:
         # module that exports no types does not need (it loads the same without .BTF).
         argv = ["make", "-C", str(tree), f"M={work}", f"ARCH={'arm64' if arch.name == 'arm64' else 'x86'}",
                 "CONFIG_DEBUG_INFO_BTF_MODULES=", "modules"]
-        if not arch.native():
-            argv.insert(-1, f"CROSS_COMPILE={arch.cross_cc.removesuffix('gcc')}")
+        prefix = "" if arch.native() else arch.cross_cc.removesuffix("gcc")
+        if prefix:
+            argv.insert(-1, f"CROSS_COMPILE={prefix}")
+        argv[-1:-1] = compiler_override(tree, prefix)
         proc = subprocess.run(argv, capture_output=True, text=True)
         if proc.returncode != 0 or not (work / "dmattr.ko").exists():
             err = [line for line in proc.stdout.splitlines() + proc.stderr.splitlines() if "rror" in line]

@@ -11,6 +11,13 @@ from bench.errors import UserError
 FORMATS = list(tables.RENDERERS)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are our one-line errors (exit 2, no usage dump)."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see {self.prog} -h)")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-emulated", action="store_true", help="allow mixing emulated (TCG) and hardware results")
 
@@ -18,23 +25,35 @@ def _common(p: argparse.ArgumentParser) -> None:
 def cmd_compare(argv: list[str]) -> int:
     from analysis import compare
 
-    p = argparse.ArgumentParser(prog="python -m bench compare", description=compare.__doc__)
-    p.add_argument("files", nargs="+", type=Path, help="base file first, then one or more new files")
-    p.add_argument("--format", choices=FORMATS, default="text")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    p = _Parser(prog="python -m bench compare", description=compare.__doc__)
+    p.add_argument("files", nargs="*", type=Path,
+                   help="BASE.json NEW.json [NEW2.json ...] (each new file against the base); with --vs: the base side")
+    p.add_argument("--vs", nargs="*", type=Path, default=None, metavar="NEW.json",
+                   help="the new side: one or more files, each a separate 'bench run' (compared as one side)")
+    p.add_argument("--format", choices=[*FORMATS, "lkp"], default="text",
+                   help="text (72 columns), lkp (kernel test robot layout), markdown, csv, json")
+    p.add_argument("--alpha", type=float, default=0.05, help="family-wise level, Holm-adjusted (default 0.05)")
+    p.add_argument("--per-process", action="store_true",
+                   help="one file a side: test its worker processes as the replicates (only on a quiet, dedicated "
+                        "machine, where separate runs do not differ)")
     _common(p)
     args = p.parse_args(argv)
-    if len(args.files) < 2:
-        raise UserError("compare needs at least two result files: BASE.json NEW.json")
-    runs = load_many(args.files, args.allow_emulated)
-    print(tables.render(compare.table(runs, args.alpha), args.format))
+    if args.vs is None and len(args.files) < 2:
+        raise UserError("compare needs at least two result files: BASE.json NEW.json (or BASE... --vs NEW...)")
+    runs = load_many([*args.files, *(args.vs or [])], args.allow_emulated)
+    if args.vs is None:
+        comps = [compare.compare_runs([runs[0]], [new], args.alpha, per_process=args.per_process) for new in runs[1:]]
+    else:
+        comps = [compare.compare_runs(runs[:len(args.files)], runs[len(args.files):], args.alpha,
+                                      per_process=args.per_process)]
+    print(compare.lkp(comps) if args.format == "lkp" else tables.render(compare.table(comps), args.format))
     return 0
 
 
 def cmd_report(argv: list[str]) -> int:
     from analysis import report
 
-    p = argparse.ArgumentParser(prog="python -m bench report", description=report.__doc__)
+    p = _Parser(prog="python -m bench report", description=report.__doc__)
     p.add_argument("file", type=Path)
     p.add_argument("--ref", default="device-ngnre", help="reference attribute (default device-ngnre)")
     p.add_argument("--format", choices=FORMATS, default="text")
@@ -47,7 +66,7 @@ def cmd_report(argv: list[str]) -> int:
 def cmd_plot(argv: list[str]) -> int:
     from analysis import plot
 
-    p = argparse.ArgumentParser(prog="python -m bench plot", description=plot.__doc__)
+    p = _Parser(prog="python -m bench plot", description=plot.__doc__)
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("-o", "--out", type=Path, required=True, help="directory for the PNGs")
     _common(p)
@@ -60,7 +79,7 @@ def cmd_plot(argv: list[str]) -> int:
 def cmd_track(argv: list[str]) -> int:
     from analysis import track
 
-    p = argparse.ArgumentParser(prog="python -m bench track", description=track.__doc__)
+    p = _Parser(prog="python -m bench track", description=track.__doc__)
     p.add_argument("dir", type=Path, help="results/<machine>/ (every *.json in it, by date)")
     p.add_argument("--window", type=int, default=track.WINDOW, help=f"baseline runs before the newest (default {track.WINDOW})")
     p.add_argument("--threshold", type=float, default=track.THRESHOLD,

@@ -1,6 +1,7 @@
 """Result files -> numpy arrays in the reported unit, with their metadata."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 from dataclasses import dataclass
@@ -15,16 +16,33 @@ from bench.errors import UserError
 
 @dataclass(frozen=True)
 class Series:
-    """One benchmark of one run: every value in the reported unit."""
+    """One benchmark of one result file: the values of each worker process (pyperf run)
+    in the reported unit.  The process is the unit of replication: values inside one
+    process share its mapping, its CPU state and its moment, so they are not independent."""
 
     name: str            # read-bw[64B,64MiB]@normal
     label: str           # read-bw[64B,64MiB]
     workload: str
     attr: str
     unit: str            # GB/s | ns | M/s
-    values: np.ndarray
+    runs: tuple          # one np.ndarray of values per process, in run order
+    rounds: tuple        # the interleaving round of each process (1, 2, ...)
     meta: dict
     source: str          # file it came from
+
+    @property
+    def values(self) -> np.ndarray:
+        """Every value of every process (for distributions, never for tests)."""
+        return np.concatenate(self.runs)
+
+    @property
+    def run_medians(self) -> np.ndarray:
+        """One summary per process: what the statistics work on."""
+        return np.array([np.median(r) for r in self.runs])
+
+    def scaled(self, factor: float) -> "Series":
+        """The same series with every value multiplied by factor (planted shifts)."""
+        return dataclasses.replace(self, runs=tuple(r * factor for r in self.runs))
 
     @property
     def higher_is_better(self) -> bool:
@@ -47,6 +65,15 @@ class Run:
     @property
     def emulated(self) -> bool:
         return self.meta.get("emulated") == "true"
+
+    @property
+    def interleaved(self) -> bool:
+        """True when the run's processes took turns across cases (bench run's default)."""
+        return self.meta.get("schedule") == "interleaved"
+
+    @property
+    def machine(self) -> str:
+        return self.meta.get("machine", self.meta.get("hostname", "?"))
 
     def describe(self) -> str:
         return f"{self.meta.get('machine', self.meta.get('hostname', '?'))} {self.meta.get('kernel_release', '?')}"
@@ -83,10 +110,13 @@ def load(path: Path) -> Run:
         if "report_unit" not in meta or not bench.get_values():
             raise UserError(f"{path}: benchmark {bench.get_name()!r} was not written by dmtbench (no report_unit)")
         unit = meta["report_unit"]
-        vals = np.array([units.convert(unit, v) for v in bench.get_values()], dtype=float)
+        done = [r for r in bench.get_runs() if r.values]  # calibration runs have no values
+        runs = tuple(np.array([units.convert(unit, v) for v in r.values], dtype=float) for r in done)
+        # Files from before interleaving have no 'round': their processes ran in order.
+        rounds = tuple(int(r.get_metadata().get("round", k)) for k, r in enumerate(done, 1))
         name = bench.get_name()
         series[name] = Series(name, name.rsplit("@", 1)[0], meta.get("workload", ""), meta.get("attr", ""),
-                              unit, vals, meta, str(path))
+                              unit, runs, rounds, meta, str(path))
     dates = suite.get_dates()
     return Run(path, series, suite.get_metadata(), dates[0].isoformat() if dates else "")
 

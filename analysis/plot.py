@@ -52,7 +52,7 @@ def bars(runs: list[Run], out: Path) -> Path:
             for li, label in enumerate(labels):
                 hit = [s for r, s in series if f"{_tag(r, runs)}{s.attr}" == group and s.label.removeprefix(workload) == label]
                 if hit:
-                    e = stats.estimate(hit[0].values)
+                    e = stats.estimate(hit[0].runs)
                     xs.append(li + gi * width - 0.4 + width / 2)
                     meds.append(e.median)
                     errs[0].append(e.median - e.lo)
@@ -66,7 +66,7 @@ def bars(runs: list[Run], out: Path) -> Path:
                   loc="best", framealpha=0.6)
     for ax in list(axes.flat)[len(workloads):]:
         ax.set_visible(False)
-    fig.suptitle(f"dmtbench: median with 95% bootstrap CI - {_title_suffix(runs)}")
+    fig.suptitle(f"dmtbench: median of process medians, 95% cluster-bootstrap CI - {_title_suffix(runs)}")
     fig.tight_layout()
     path = out / "bars.png"
     fig.savefig(path, dpi=110)
@@ -88,7 +88,7 @@ def sweep(workload: str, lines: dict[str, list[Series]], runs: list[Run], out: P
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, ss in lines.items():
         ss = sorted(ss, key=lambda s: s.size)
-        est = [stats.estimate(s.values) for s in ss]
+        est = [stats.estimate(s.runs) for s in ss]
         x = [s.size for s in ss]
         ax.errorbar(x, [e.median for e in est], yerr=[[e.median - e.lo for e in est], [e.hi - e.median for e in est]],
                     marker="o", capsize=3, label=name)

@@ -1,14 +1,41 @@
-"""`report RUN.json`: one run across attributes, relative to a reference attribute."""
+"""`report RUN.json`: one run across attributes, as speedups over a reference attribute.
+
+In an interleaved run (bench run's default) the processes of one round of every case ran
+seconds apart, so each attribute's speedup is the median of its per-round ratios to the
+reference (paired: drift of the machine cancels), with a bootstrap CI over rounds.  In a
+sequential run it is the ratio of the medians of per-process medians, with a cluster
+bootstrap CI.  Speedup > 1 = better: a/ref for rates, ref/a for latencies.
+"""
 from __future__ import annotations
 
+import numpy as np
+
 from analysis import stats
-from bench import units
-from analysis.load import Run
+from analysis.load import Run, Series
 from analysis.tables import Section, Table, fmt_value
+from bench import units
+
+METHOD_PAIRED = "paired per-round ratios, boot CI over rounds"
+METHOD_UNPAIRED = "ratio of process medians, cluster-boot CI"
+
+
+def _rounds(s: Series) -> dict[int, float]:
+    return {k: float(np.median(r)) for k, r in zip(s.rounds, s.runs)}
+
+
+def relative(s: Series, ref: Series, paired: bool) -> stats.Estimate:
+    """Speedup of s over ref with its 95% CI."""
+    hib = s.higher_is_better
+    if paired:
+        ratios = stats.paired_speedups(_rounds(ref), _rounds(s), hib)
+        if len(ratios):
+            return stats.paired_estimate(ratios)
+    ch = stats.compare_sides([list(ref.runs)], [list(s.runs)], hib)
+    return stats.Estimate(ch.speedup, ch.lo, ch.hi, len(s.runs))
 
 
 def table(run: Run, ref: str = "device-ngnre") -> Table:
-    """Rows: workload[params]; columns: attrs; the ref column absolute, others ref-relative."""
+    """Rows: workload[params]; columns: attrs; the ref column absolute, others speedups."""
     attrs = list(dict.fromkeys(s.attr for s in run.series.values()))
     notes = []
     if ref not in attrs:
@@ -16,12 +43,12 @@ def table(run: Run, ref: str = "device-ngnre") -> Table:
         ref = attrs[0]
     order = [ref, *[a for a in attrs if a != ref]]
     labels = list(dict.fromkeys(s.label for s in run.series.values()))
+    paired = run.interleaved
     groups: dict[str, list[list[str]]] = {}
     data_rows = []
     for label in labels:
         by_attr = {a: run.series.get(f"{label}@{a}") for a in order}
         base = by_attr[ref]
-        base_est = stats.estimate(base.values) if base is not None else None
         some = next(s for s in by_attr.values() if s is not None)
         cells, rec = [label.removeprefix(some.workload)], {"benchmark": label}
         for a in order:
@@ -29,13 +56,14 @@ def table(run: Run, ref: str = "device-ngnre") -> Table:
             if s is None:
                 cells.append("-")
                 continue
-            est = stats.estimate(s.values)
-            rec[a] = {"median": est.median, "lo": est.lo, "hi": est.hi, "unit": s.unit}
-            if a == ref or base_est is None:
+            est = stats.estimate(s.runs)
+            rec[a] = {"median": est.median, "lo": est.lo, "hi": est.hi, "unit": s.unit, "processes": len(s.runs)}
+            if a == ref or base is None:
                 cells.append(f"{fmt_value(est.median)} {s.unit}")
             else:
-                rec[a]["ratio"] = est.median / base_est.median
-                cells.append(f"{est.median / base_est.median:.2f}x")
+                rel = relative(s, base, paired)
+                rec[a].update(speedup=rel.median, speedup_lo=rel.lo, speedup_hi=rel.hi)
+                cells.append(f"{rel.median:.2f}x")
         groups.setdefault(f"{some.workload} ({units.better(some.unit)})", []).append(cells)
         data_rows.append(rec)
     for a in order:
@@ -44,8 +72,9 @@ def table(run: Run, ref: str = "device-ngnre") -> Table:
                      f"stage2 {meta.get('stage2', '?')}{' (FWB)' if meta.get('fwb') == 'true' else ''}")
     emu = "[emulated] " if run.emulated else ""
     target = next(iter(run.series.values())).meta.get("target", "?")
-    header = f"{emu}{run.describe()}, x = ratio to {ref}"
+    method = METHOD_PAIRED if paired else METHOD_UNPAIRED
+    header = f"{emu}{run.describe()}, x = speedup over {ref}\nx > 1 = better | {method}"
     notes.insert(0, f"target {target}" + (" (emulated: plumbing, not hardware)" if emu else ""))
     sections = [Section(title, rows) for title, rows in groups.items()]
-    data = {"run": str(run.path), "ref": ref, "attrs": order, "rows": data_rows}
+    data = {"run": str(run.path), "ref": ref, "attrs": order, "method": method, "rows": data_rows}
     return Table(header, ["benchmark", *order], sections, notes, data)

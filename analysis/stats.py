@@ -1,15 +1,32 @@
-"""Statistics: medians with 95% confidence intervals, and A/B comparisons.
+"""Statistics over the hierarchy a dmtbench result has: files (`bench run` invocations)
+contain worker processes (pyperf runs) contain values.
 
-Method (stated in every report header): the point estimate is the median of all values
-(every worker process's values pooled); its confidence interval is a percentile
-bootstrap (scipy.stats.bootstrap, 2000 resamples, fixed seed so reports are
-reproducible).  A comparison is the ratio of medians new/base with a two-sample
-percentile bootstrap CI, and a Mann-Whitney U test (scipy.stats.mannwhitneyu,
-two-sided): significant when p < alpha AND the ratio's CI excludes 1.  Mann-Whitney needs
-no normality, which timings rarely have (one slow process skews them).
+Values inside one process are not independent replicates (they share its mapping, CPU
+state and moment), so every estimate and test works on per-process medians, and, when a
+side has several files, on per-file summaries (Kalibera & Jones, "Rigorous Benchmarking in
+Reasonable Time", 2013: the invocation is the unit of replication).
+
+- Estimate of one side: the median of its per-process medians.
+- 95% CI: a cluster (hierarchical) percentile bootstrap: resample files, then processes
+  within each file, then values within each process; the statistic is recomputed each
+  time (RESAMPLES, fixed seed: reports are reproducible).
+- Test: a t-test on the log of the per-file summaries (Welch; Student's pooled variance
+  when one side has a single file, whose own spread is then unknown), so the variation
+  between invocations is in the test.  One file a side cannot show that variation (on
+  this project's shared VM same-commit files differ by 10-50% where their processes agree
+  within a file), so it gets no verdict unless the caller declares the processes to be
+  the replicates (per_process: a quiet, dedicated machine): then Mann-Whitney U (two-
+  sided, exact) on the per-process medians; no normality needed, one slow process
+  cannot dominate it.
+- Family: Holm's step-down adjustment across the rows of one comparison; a verdict needs
+  the adjusted p < alpha.  When even perfectly separated data could not reach that, the
+  row says "too few runs for a verdict (need N)".
+- Direction: every ratio is a speedup, > 1 = better: new/base for rates (GB/s, M/s),
+  base/new for latencies (ns).
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -19,7 +36,12 @@ from scipy import stats as sps
 CONFIDENCE = 0.95
 RESAMPLES = 2000
 SEED = 20261125
-METHOD = "median, 95% boot CI, MWU p<.05"
+METHOD_RUNS = "per-process medians, cluster-boot CI, MWU, Holm"
+METHOD_FILES = "file medians, 3-level boot CI, t on logs, Holm"
+METHOD_ONE = "process medians, cluster-boot CI; 1 file: no test"
+
+# A side: files -> processes -> values, each process an array in the reported unit.
+Side = list[list[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -27,56 +49,194 @@ class Estimate:
     median: float
     lo: float
     hi: float
-    n: int
+    n: int             # processes
+    rsd: float = 0.0   # relative std dev of the per-process medians
 
 
 @dataclass(frozen=True)
 class Change:
-    """new vs base: ratio of medians (new/base) with its CI, and the test."""
+    """new vs base: speedup (> 1 = better) with its CI, the raw test p and the Holm p."""
 
     base: Estimate
     new: Estimate
-    ratio: float
+    speedup: float
     lo: float
     hi: float
     p: float
-    significant: bool
+    p_adj: float = float("nan")
+    verdict: str = "same"        # better | worse | same | too few
+    change: float = 0.0          # raw change of the value, new/base - 1
 
     @property
     def percent(self) -> float:
-        return (self.ratio - 1) * 100
+        return self.change * 100
 
 
-def _bootstrap(data: tuple, statistic) -> tuple[float, float]:
-    if all(np.ptp(d) == 0 for d in data) or min(len(d) for d in data) < 2:
-        v = float(statistic(*data, axis=-1))
-        return v, v
+def run_medians(side: Side) -> np.ndarray:
+    return np.array([np.median(r) for f in side for r in f])
+
+
+def file_medians(side: Side) -> np.ndarray:
+    return np.array([np.median([np.median(r) for r in f]) for f in side])
+
+
+def point(side: Side) -> float:
+    """The median of every per-process median on the side."""
+    return float(np.median(run_medians(side)))
+
+
+def _boot_side(side: Side, rng: np.random.Generator, n: int) -> np.ndarray:
+    """n hierarchical bootstrap replicates of point(side)."""
+    runs = [r for f in side for r in f]
+    width = max(len(r) for r in runs)
+    vals = np.full((len(runs), width), np.nan)
+    for i, r in enumerate(runs):
+        vals[i, :len(r)] = r
+    counts = np.array([len(r) for r in runs])
+    # Level 3: values within each process -> n x processes resampled process medians.
+    pick = (rng.random((n, len(runs), width)) * counts[None, :, None]).astype(int)
+    mask = np.arange(width)[None, None, :] < counts[None, :, None]
+    boot_runs = np.where(mask, vals[np.arange(len(runs))[None, :, None], pick], np.nan)
+    run_meds = np.nanmedian(boot_runs, axis=2) if width > 1 else boot_runs[:, :, 0]
+    # Levels 1 and 2: files, then processes within each chosen file.
+    starts = np.cumsum([0] + [len(f) for f in side])
+    nfile = len(side)
+    files = rng.integers(0, nfile, (n, nfile)) if nfile > 1 else np.zeros((n, 1), dtype=int)
+    most = max(len(f) for f in side)
+    sizes = np.diff(starts)[files]                                  # n x nfile
+    within = (rng.random((n, nfile, most)) * sizes[:, :, None]).astype(int)
+    idx = starts[files][:, :, None] + within                        # n x nfile x most
+    keep = np.arange(most)[None, None, :] < sizes[:, :, None]
+    chosen = np.where(keep, run_meds[np.arange(n)[:, None, None], idx], np.nan)
+    return np.nanmedian(chosen.reshape(n, -1), axis=1)
+
+
+def _rng() -> np.random.Generator:
+    return np.random.default_rng(SEED)
+
+
+def _interval(reps: np.ndarray) -> tuple[float, float]:
+    alpha = (1 - CONFIDENCE) / 2
+    return float(np.quantile(reps, alpha)), float(np.quantile(reps, 1 - alpha))
+
+
+def estimate_side(side: Side) -> Estimate:
+    """Median of process medians with its hierarchical bootstrap CI."""
+    meds = run_medians(side)
+    m = point(side)
+    if len(meds) < 2 or np.ptp(meds) == 0 and all(np.ptp(r) == 0 for f in side for r in f):
+        return Estimate(m, m, m, len(meds), 0.0)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # degenerate resamples on tiny n are expected
-        res = sps.bootstrap(data, statistic, confidence_level=CONFIDENCE, n_resamples=RESAMPLES,
-                            method="percentile", random_state=np.random.default_rng(SEED), vectorized=True)
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+        warnings.simplefilter("ignore")  # all-NaN slices cannot occur; nanmedian warns anyway
+        lo, hi = _interval(_boot_side(side, _rng(), RESAMPLES))
+    rsd = float(np.std(meds, ddof=1) / np.mean(meds)) if len(meds) > 1 else 0.0
+    return Estimate(m, lo, hi, len(meds), rsd)
 
 
-def estimate(values: np.ndarray) -> Estimate:
-    """Median and its 95% percentile-bootstrap CI."""
-    lo, hi = _bootstrap((values,), lambda x, axis: np.median(x, axis=axis))
-    return Estimate(float(np.median(values)), lo, hi, len(values))
+def estimate(runs: tuple | list) -> Estimate:
+    """Estimate for one file's processes (a Series' runs)."""
+    return estimate_side([list(runs)])
 
 
-def _ratio(a, b, axis):
-    return np.median(b, axis=axis) / np.median(a, axis=axis)
+def speedup(base: float, new: float, higher_is_better: bool) -> float:
+    """new relative to base as a speedup: > 1 = better."""
+    return new / base if higher_is_better else base / new
 
 
-def compare(base: np.ndarray, new: np.ndarray, alpha: float = 0.05) -> Change:
-    """Ratio new/base of medians, its CI, and the Mann-Whitney U verdict."""
-    lo, hi = _bootstrap((base, new), _ratio)
-    if np.ptp(np.concatenate([base, new])) == 0:
-        p = 1.0
+def min_runs(alpha: float, family: int) -> int:
+    """Processes per side that MWU needs before perfectly separated data can reach a
+    Holm-adjusted p < alpha in a family of `family` rows (the first Holm step)."""
+    n = 2
+    while 2 / math.comb(2 * n, n) >= alpha / max(family, 1):
+        n += 1
+    return n
+
+
+def p_value(base: Side, new: Side, per_process: bool = False) -> float:
+    """The two-sided test at the level the data has (see the module docstring); NaN for
+    one file a side unless per_process."""
+    if len(base) == 1 and len(new) == 1:
+        if not per_process:
+            return float("nan")
+        a, b = run_medians(base), run_medians(new)
+        if np.ptp(np.concatenate([a, b])) == 0:
+            return 1.0
+        return float(sps.mannwhitneyu(a, b, alternative="two-sided", method="exact").pvalue)
+    a, b = np.log(file_medians(base)), np.log(file_medians(new))
+    if np.ptp(np.concatenate([a, b])) == 0:
+        return 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = sps.ttest_ind(a, b, equal_var=min(len(a), len(b)) < 2).pvalue
+    return float(p) if np.isfinite(p) else 1.0
+
+
+def enough(base: Side, new: Side, alpha: float, family: int, per_process: bool = False) -> str | None:
+    """None when a verdict is possible, else why not ('need N')."""
+    if len(base) == 1 and len(new) == 1:
+        if not per_process:
+            return "need 2 files a side, or --per-process"
+        n1, n2 = len(base[0]), len(new[0])
+        if 2 / math.comb(n1 + n2, n1) < alpha / max(family, 1):
+            return None
+        return f"need {min_runs(alpha, family)} processes per side, have {n1} and {n2}"
+    return None
+
+
+def holm(ps: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error control, any dependence)."""
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    out, running = [1.0] * len(ps), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        out[i] = running
+    return out
+
+
+def compare_sides(base: Side, new: Side, higher_is_better: bool, with_ci: bool = True,
+                  per_process: bool = False) -> Change:
+    """One row, before the family adjustment: speedup, its CI (optional: it costs a
+    bootstrap) and the raw p."""
+    b, n = point(base), point(new)
+    if with_ci:
+        eb, en = estimate_side(base), estimate_side(new)
+        rng = _rng()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rb, rn = _boot_side(base, rng, RESAMPLES), _boot_side(new, rng, RESAMPLES)
+        lo, hi = _interval(speedup(rb, rn, higher_is_better))
     else:
-        p = float(sps.mannwhitneyu(base, new, alternative="two-sided").pvalue)
-    ratio = float(np.median(new) / np.median(base))
-    return Change(estimate(base), estimate(new), ratio, lo, hi, p, p < alpha and not lo <= 1.0 <= hi)
+        eb, en = Estimate(b, b, b, len(run_medians(base))), Estimate(n, n, n, len(run_medians(new)))
+        lo = hi = float("nan")
+    p = p_value(base, new, per_process)
+    return Change(eb, en, speedup(b, n, higher_is_better), lo, hi, p, change=n / b - 1)
+
+
+def decide(changes: list[Change], alpha: float, short: list[str | None]) -> list[Change]:
+    """Holm across the rows; a row with too few replicates gets no verdict."""
+    adj = holm([1.0 if math.isnan(c.p) else c.p for c in changes])
+    out = []
+    for c, p, why in zip(changes, adj, short):
+        verdict = "too few" if why else ("same" if p >= alpha else ("better" if c.speedup > 1 else "worse"))
+        out.append(Change(c.base, c.new, c.speedup, c.lo, c.hi, c.p, p, verdict, c.change))
+    return out
+
+
+def paired_speedups(ref: dict[int, float], other: dict[int, float], higher_is_better: bool) -> np.ndarray:
+    """Per-round speedups of `other` over `ref` (round -> process median): processes of
+    one interleaved round ran seconds apart, so drift cancels in the ratio."""
+    common = sorted(set(ref) & set(other))
+    return np.array([speedup(ref[k], other[k], higher_is_better) for k in common])
+
+
+def paired_estimate(ratios: np.ndarray) -> Estimate:
+    """Median of per-round ratios with a percentile bootstrap over rounds."""
+    m = float(np.median(ratios))
+    if len(ratios) < 2 or np.ptp(ratios) == 0:
+        return Estimate(m, m, m, len(ratios))
+    reps = np.median(ratios[_rng().integers(0, len(ratios), (RESAMPLES, len(ratios)))], axis=1)
+    lo, hi = _interval(reps)
+    return Estimate(m, lo, hi, len(ratios))
 
 
 def geomean(ratios: list[float]) -> float:

@@ -21,7 +21,7 @@ class Section:
 
 @dataclass(frozen=True)
 class Table:
-    header: str                      # one line: what, where, how
+    header: str                      # what and where; a second line may say how (the method)
     columns: list[str]
     sections: list[Section]
     notes: list[str] = field(default_factory=list)
@@ -53,7 +53,7 @@ def text(t: Table) -> str:
             return f"{indent}{_fit(cells[0], TEXT_WIDTH - len(indent))}\n{indent}{'':<{widths[0]}}  {others}".rstrip()
         return (indent + cells[0].ljust(widths[0]) + "  " + others).rstrip()
 
-    out = [_fit(t.header, TEXT_WIDTH), line(t.columns)]
+    out = [*(_fit(h, TEXT_WIDTH) for h in t.header.splitlines()), line(t.columns)]
     for s in t.sections:
         out.append(_fit(s.title, TEXT_WIDTH))
         out += [line(r) for r in s.rows]
@@ -64,7 +64,8 @@ def text(t: Table) -> str:
 
 
 def markdown(t: Table) -> str:
-    out = [f"**{t.header}**", "", "| " + " | ".join(["section", *t.columns]) + " |",
+    first, _, rest = t.header.partition("\n")
+    out = [f"**{first}**" + (f"  \n{rest}" if rest else ""), "", "| " + " | ".join(["section", *t.columns]) + " |",
            "|" + "---|" * (len(t.columns) + 1)]
     for s in t.sections:
         for r in [*s.rows, *([s.summary] if s.summary else [])]:

@@ -1,16 +1,19 @@
 """`track DIR`: has the newest run regressed against the runs before it?
 
-Method (defaults chosen on this project's reference VM, where run-to-run medians of the
-RAM kernels move by 1-3%): the baseline is the WINDOW runs before the newest; its centre
-is the median of their per-run medians and its noise is 3 robust standard deviations of
-those medians (1.4826 x MAD).  A benchmark regressed when the newest median is worse than
-the centre by more than max(THRESHOLD %, noise) AND a Mann-Whitney U test of the newest
-values against the pooled baseline values gives p < ALPHA.  Requiring both keeps one
-noisy run from flagging (the band) and a tiny but consistent shift from flagging (the
-threshold).  Exit status 1 when anything regressed (for nightly gating), else 0.
+Method (per-process medians, like compare): the baseline is the WINDOW runs (files)
+before the newest; each file is summarised by the median of its per-process medians; the
+baseline's centre is the median of those summaries and its noise 3 robust standard
+deviations of them (1.4826 x MAD).  A benchmark moved when the newest summary differs
+from the centre by more than max(THRESHOLD %, noise) AND a t-test of the log of the
+newest summary against the logs of the baseline summaries (the file, one `bench run`,
+is the unit: runs differ by more than the processes inside one run do) gives a
+Holm-adjusted p < ALPHA (Holm across the benchmarks of the newest run).  The band keeps
+one wild baseline run from flagging, the threshold a tiny consistent shift.  Exit
+status 1 when anything regressed (for nightly gating).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +22,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from scipy import stats as sps  # noqa: E402
 
 from analysis import stats  # noqa: E402
 from analysis.load import Run, load_many  # noqa: E402
@@ -39,10 +41,11 @@ class Movement:
     unit: str
     center: float
     newest: float
-    band: float          # percent
-    p: float
+    band: float          # percent: max(threshold, baseline noise)
+    p: float             # Holm-adjusted across the newest run's benchmarks
     verdict: str         # regressed | improved | steady
     history: tuple       # (date, median, lo, hi) per run, oldest first
+    higher_is_better: bool = True
 
     @property
     def percent(self) -> float:
@@ -70,29 +73,40 @@ def history(directory: Path, allow_emulated: bool) -> list[Run]:
     return sorted(load_many(files, allow_emulated), key=lambda r: r.date)
 
 
-def _move(name: str, runs: list[Run], window: int, threshold: float, alpha: float) -> Movement | None:
+def _summary(s) -> float:
+    return float(np.median(s.run_medians))
+
+
+def _move(name: str, runs: list[Run], window: int, with_history: bool = True) -> Movement | None:
+    """The newest run's benchmark against its baseline, before the family adjustment."""
     newest = runs[-1].series[name]
     base = [r.series[name] for r in runs[-1 - window:-1] if name in r.series]
     if len(base) < MIN_BASELINE:
         return None
-    medians = np.array([np.median(s.values) for s in base])
-    center = float(np.median(medians))
-    noise = SIGMAS * 1.4826 * float(np.median(np.abs(medians - center))) / center * 100
-    band = max(threshold, noise)
-    new_med = float(np.median(newest.values))
-    pooled = np.concatenate([s.values for s in base])
-    p = float(sps.mannwhitneyu(pooled, newest.values, alternative="two-sided").pvalue)
-    pct = (new_med / center - 1) * 100
-    worse = pct < 0 if newest.higher_is_better else pct > 0
-    verdict = "steady"
-    if abs(pct) > band and p < alpha:
-        verdict = "regressed" if worse else "improved"
+    summaries = np.array([_summary(s) for s in base])
+    center = float(np.median(summaries))
+    noise = SIGMAS * 1.4826 * float(np.median(np.abs(summaries - center))) / center * 100
+    # The file is the unit: the newest file's summary against the baseline files' (a
+    # t-test on logs with the baseline's spread), never its processes against theirs.
+    p = stats.p_value([list(s.runs) for s in base], [list(newest.runs)])
     hist = []
-    for r in runs:
+    for r in runs if with_history else []:  # CIs for the trend plot: a bootstrap per run
         if name in r.series:
-            e = stats.estimate(r.series[name].values)
+            e = stats.estimate(r.series[name].runs)
             hist.append((r.date, e.median, e.lo, e.hi))
-    return Movement(name, newest.unit, center, new_med, band, p, verdict, tuple(hist))
+    return Movement(name, newest.unit, center, _summary(newest), noise, p, "steady", tuple(hist),
+                    newest.higher_is_better)
+
+
+def _decide(moves: list[Movement], threshold: float, alpha: float) -> list[Movement]:
+    adj = stats.holm([m.p for m in moves])
+    out = []
+    for m, p in zip(moves, adj):
+        band = max(threshold, m.band)
+        worse = m.percent < 0 if m.higher_is_better else m.percent > 0
+        verdict = ("regressed" if worse else "improved") if abs(m.percent) > band and p < alpha else "steady"
+        out.append(dataclasses.replace(m, band=band, p=p, verdict=verdict))
+    return out
 
 
 def track(directory: Path, window: int = WINDOW, threshold: float = THRESHOLD, alpha: float = ALPHA,
@@ -102,18 +116,18 @@ def track(directory: Path, window: int = WINDOW, threshold: float = THRESHOLD, a
 
 
 def track_runs(runs: list[Run], window: int = WINDOW, threshold: float = THRESHOLD,
-               alpha: float = ALPHA) -> TrackResult:
+               alpha: float = ALPHA, with_history: bool = True) -> TrackResult:
     """The newest of `runs` (oldest first) against the `window` runs before it."""
-    moves = [m for name in runs[-1].series if (m := _move(name, runs, window, threshold, alpha))]
+    moves = _decide([m for name in runs[-1].series if (m := _move(name, runs, window, with_history))], threshold, alpha)
     rows = [[m.name, f"{m.center:.4g}", f"{m.newest:.4g}", f"{m.percent:+.1f}%", f"{m.band:.1f}%",
              f"{m.p:.3f}", m.verdict] for m in moves if m.verdict != "steady"]
-    header = f"{runs[-1].describe()} | {runs[-1].path.name} vs {min(window, len(runs) - 1)} runs before"
-    notes = [f"{sum(m.verdict == 'steady' for m in moves)} of {len(moves)} benchmarks steady",
-             f"moved: beyond max({threshold:g}%, {SIGMAS:g} robust sd) and MWU p<{alpha:g}"]
+    header = (f"{runs[-1].describe()} | {runs[-1].path.name} vs {min(window, len(runs) - 1)} runs before\n"
+              f"file medians; moved: beyond max({threshold:g}%, {SIGMAS:g} rsd) & t-test Holm p<{alpha:g}")
+    notes = [f"{sum(m.verdict == 'steady' for m in moves)} of {len(moves)} benchmarks steady"]
     data = {"newest": str(runs[-1].path), "movements": [
         {"name": m.name, "unit": m.unit, "baseline": m.center, "newest": m.newest, "percent": m.percent,
-         "band": m.band, "p": m.p, "verdict": m.verdict} for m in moves]}
-    table = Table(header, ["benchmark", "baseline", "newest", "change", "band", "p", "verdict"],
+         "band": m.band, "p_adj": m.p, "verdict": m.verdict} for m in moves]}
+    table = Table(header, ["benchmark", "baseline", "newest", "change", "band", "p adj", "verdict"],
                   [Section("moved:" if rows else "nothing moved", rows)], notes, data)
     return TrackResult(runs, moves, table)
 

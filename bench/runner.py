@@ -245,7 +245,9 @@ def _steps(runner: pyperf.Runner, cases: list[Case], interleave: bool, keeper: _
             print(f"round {step.round}/{nrounds} ", end="", flush=True)
         elif not interleave and step.round == 1:
             print(f"[{i + 1}/{len(cases)}] {case.name} ...", end=" ", flush=True)
-        if i in failed:
+        if i in failed:  # no further rounds for a failed case
+            if interleave:
+                print("-", end="\n" if i == len(cases) - 1 else "", flush=True)
             continue
         try:
             drivers[i].one_process(step.round)

@@ -34,10 +34,11 @@ def test_existing_output_is_refused(tmp_path):
 
 
 def test_worker_timeout_fails_that_case_and_the_run_goes_on(results_dir):
-    # read-lat on 2 GiB spends longer than 3 s building its chain; doorbell does not.
-    proc = run_cli("run", "--workload", "read-lat", "--workload", "doorbell", "--size", "2GiB", "--timeout", "3",
+    # read-lat on 4 GiB spends longer than 6 s building its chain; doorbell, even on a
+    # loaded machine, does not.
+    proc = run_cli("run", "--workload", "read-lat", "--workload", "doorbell", "--size", "4GiB", "--timeout", "6",
                    "--results-dir", str(results_dir), "-p", "2", "-n", "1", "-w", "0", "--min-time", "0.005")
-    line = assert_one_line_error(proc, 1, "1 case(s) failed", "read-lat[64B,2GiB]@normal")
+    line = assert_one_line_error(proc, 1, "1 case(s) failed", "read-lat[64B,4GiB]@normal")
     assert "interrupted" not in line and "worker timed out" in proc.stdout
     (path,) = results_dir.rglob("*-partial.json")
     suite = pyperf.BenchmarkSuite.load(str(path))

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import pyperf
 
+from bench import kvmpolicy
 from bench.errors import UserError
 from guestkit import deps, kernels, kvmhost, labtable, launch
 from guestkit.qemu import get_arch
 
 MACHINE = "qemu-arm64-kvmhost"
-DEFAULT_KERNELS = ("current", "6.12")  # Debian's 6.1 and the newest 6.12 it offers for bookworm
+# Debian's 6.1, the newest 6.12 it offers for bookworm, and sid's newest: the three eras.
+DEFAULT_KERNELS = ("current", "6.12", "sid")
 HOST_TIMEOUT = 600.0
 IVSHMEM_BYTES = 4 << 20
 
@@ -31,8 +33,8 @@ IVSHMEM_BYTES = 4 << 20
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m guestkit lab", description=__doc__.splitlines()[0])
     p.add_argument("--host-kernel", action="append", default=[], metavar="V",
-                   help="host kernel: Debian version, series (6.1, 6.12), 'current', or a directory with an Image "
-                        "and lib/modules/ (repeatable; default: current 6.1 and the newest 6.12)")
+                   help="host kernel: Debian version, series (6.1, 6.12, 7.2), 'current', 'sid', or a directory "
+                        "with an Image and lib/modules/ (repeatable; default: current 6.1, newest 6.12, sid)")
     p.add_argument("--guest", choices=["payload", "linux"], default="payload",
                    help="payload: the kvm target's tiny VM (default); linux: a Debian L2 guest under QEMU/KVM")
     p.add_argument("--cpu", default="max", metavar="MODEL",
@@ -79,6 +81,10 @@ def run_host(kernel: kernels.Kernel, args) -> tuple[labtable.HostReport, int]:
     arch = get_arch("arm64")
     job = kvmhost.host_job(kernel, bind_ivshmem=True)
     files, setup, memory = dict(job.files), list(job.setup), kvmhost.MEMORY_MB
+    module = module_files(kernel)
+    files.update(module)
+    if "dmattr.ko" in module:
+        setup.append(["insmod", "/dmtbench/dmattr.ko"])
     if args.guest == "linux":
         from guestkit import l2linux
 
@@ -105,6 +111,18 @@ def run_host(kernel: kernels.Kernel, args) -> tuple[labtable.HostReport, int]:
     return report, code
 
 
+def module_files(kernel: kernels.Kernel) -> dict[str, bytes]:
+    """dmattr built for this host kernel (cached), or the reason it could not be: then
+    only the kmod backings are unavailable and the rest of the lab goes on."""
+    from guestkit import kmod
+
+    try:
+        return {"dmattr.ko": kmod.build(get_arch("arm64"), kernel.version).read_bytes()}
+    except UserError as exc:
+        print(f"lab: {kernel.version}: kmod backings unavailable: {exc}", file=sys.stderr)
+        return {"dmattr.unavailable": f"dmattr could not be built for {kernel.version}: {exc}".encode()}
+
+
 def read_report(version: str, guest: str, files: list[Path], error: str) -> labtable.HostReport:
     """The host's probe file and fast-run files, as a HostReport."""
     probes = [p for p in files if p.name.endswith("-probes.json")]
@@ -113,7 +131,7 @@ def read_report(version: str, guest: str, files: list[Path], error: str) -> labt
     data = json.loads(probes[-1].read_text())
     medians = {}
     for path in files:
-        backing = next((b for b in ("vfio", "sysfs", "ram") if path.stem.endswith(f"-{guest}-{b}")), None)
+        backing = next((b for b in kvmpolicy.BACKINGS if path.stem.endswith(f"-{guest}-{b}")), None)
         if backing and not path.name.endswith("-probes.json"):
             medians.update(labtable.medians_of(pyperf.BenchmarkSuite.load(str(path)).get_benchmarks(), backing))
     why = error or _host_problem(data)
@@ -128,11 +146,12 @@ def _host_problem(data: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
+    t0 = time.monotonic()  # the wall time reported covers resolving, module builds and boots
     args = parser().parse_args(argv)
     check_qemu()
     arch = get_arch("arm64")
     chosen = [kernels.get(arch, name) for name in args.host_kernel or DEFAULT_KERNELS]  # bad names fail before any boot
-    t0, reports, codes = time.monotonic(), [], []
+    reports, codes = [], []
     for kernel in chosen:
         print(f"lab: host {kernel.version} ({args.guest}{', probes only' if args.probes_only else ''}) ...",
               file=sys.stderr, flush=True)

@@ -84,3 +84,19 @@ def test_payload_lab_shows_the_6_9_change(guest_ready, tmp_path):
     assert all(o["predicted"] in (None, o["result"]) for o in data["outcomes"] if o["probe"] in UNALIGNED)
     homes = list((tmp_path / "qemu-arm64-kvmhost").glob("*-payload-probes.json"))
     assert len(homes) == 2 and all(json.loads(p.read_text())["emulated"] for p in homes)
+
+
+def test_host_without_kvm_is_reported_not_hidden():
+    from guestkit import lab
+
+    assert "no /dev/kvm" in lab._host_problem({"kvm": False})
+    assert lab._host_problem({"kvm": True, "backings": {"vfio": {"error": "not bound"}, "ram": {}}}) == "vfio: not bound"
+
+
+@pytest.mark.guest
+def test_hung_host_times_out_and_the_lab_still_reports(guest_ready, tmp_path):
+    proc = run_cli("lab", "--host-kernel", "6.1", "--probes-only", "--json", "--timeout", "3", "-o", str(tmp_path),
+                   module="guestkit", timeout=300)
+    assert proc.returncode == 124, proc.stderr
+    data = json.loads(proc.stdout)
+    assert "timed out" in data["hosts"][0]["error"] and "Traceback" not in proc.stderr

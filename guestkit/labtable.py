@@ -4,7 +4,8 @@ the cross-kernel table (at most 100 columns) and the timing ratios between kerne
 A cell is the effective class the unaligned probes observed for one backing and stage-1
 attribute on one host kernel: `device` (an alignment fault inside the guest: stage 1 was
 Device), `killed` (KVM killed the VM: a stage-2 alignment fault, i.e. stage 2 was Device
-under a Normal stage 1), `normal` (the access completed), or `?` (no answer).
+under a Normal stage 1), `normal` (the access completed), `refused` (KVM refused the
+memslot: Linux 6.17+ with a cacheable PFNMAP and no FWB), or `?` (no answer).
 """
 from __future__ import annotations
 
@@ -33,18 +34,22 @@ class HostReport:
 def predicted(kernel: str, backing: str, attr: str, probe: str, fwb: bool | None) -> str | None:
     """What the architecture and the KVM-policy table say one probe does, or None where
     they fix nothing a probe can see (ordering, DC ZVA under QEMU, exclusives)."""
+    pred = kvmpolicy.predict(kernel, backing, fwb)
+    if pred.refused:
+        return "refused"  # no memslot: every probe of the backing
     if probe in ALIGNED:
         return "ok"
     if probe not in UNALIGNED:
         return None
     if memtypes.get(attr).device:
         return "fault"  # stage 1 Device: the guest takes the alignment fault itself
-    stage2 = kvmpolicy.predict(kernel, backing).stage2
-    return "killed" if memtypes.combine(attr, stage2, bool(fwb)).device else "ok"
+    return "killed" if memtypes.combine(attr, pred.stage2, bool(fwb)).device else "ok"
 
 
 def cell_of(results: list[str | None]) -> str:
     """The class of a (backing, attr) from its unaligned probes' results."""
+    if "refused" in results:
+        return "refused"
     if "killed" in results:
         return "killed"
     if "fault" in results:
@@ -98,7 +103,8 @@ def table(reports: list[HostReport]) -> str:
         lines.append(line)
     errors = [f"{r.kernel}: {r.error}" for r in reports if r.error]
     legend = ("cell = effective class seen by unaligned 8-byte probes under each stage-1 attribute: device = "
-              "fault in the guest, killed = KVM killed the VM (stage-2 Device), normal = completed; "
+              "fault in the guest, killed = KVM killed the VM (stage-2 Device), normal = completed, refused = KVM "
+              "refused the memslot; "
               "x!y = observed x, KVM policy predicts y")
     return "\n".join([*lines, *_wrap(legend), *errors])
 

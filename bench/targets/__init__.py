@@ -18,6 +18,8 @@ SPECS = {
     "kmod:pci:<BDF>/<bar>": "a PCI BAR with any attribute (guestkit dmattr module)",
     "kvm:vfio:<BDF>/<bar>": "a vfio-pci BAR inside a tiny KVM guest: all 7 stage-1 attributes, the host's stage 2",
     "kvm:sysfs:<BDF>/<bar>": "a sysfs resourceN mmap inside a tiny KVM guest",
+    "kvm:kmod-normal|kmod-normal-nc|kmod-device-ngnre:<BDF>/<bar>":
+        "a BAR mapped by the dmattr module with that attribute, inside a tiny KVM guest",
     "kvm:ram": "anonymous RAM inside a tiny KVM guest",
 }
 

@@ -1,11 +1,19 @@
-"""`kvm:vfio:<BDF>/<bar>`, `kvm:sysfs:<BDF>/<bar>`, `kvm:ram`: memory as a KVM guest sees it.
+"""`kvm:vfio:<BDF>/<bar>`, `kvm:sysfs:<BDF>/<bar>`, `kvm:kmod-<attr>:<BDF>/<bar>`, `kvm:ram`:
+memory as a KVM guest sees it.
 
 The tiny VMM (c_kernels/kvm/) puts the memory in a memslot of a one-vCPU VM whose payload
 maps it with every stage-1 attribute (its own MAIR), so all seven are available.  The
 stage-2 attribute is the host kernel's own choice for that backing; it is predicted from
 the KVM-policy table (bench.kvmpolicy) and observed with a probe (Normal stage 1 +
-unaligned load: the VM killed = stage-2 Device, completed = stage-2 Normal).  Kernels and
-probes run inside the guest; the payload's clock is CNTVCT_EL0.
+unaligned load: the VM killed = stage-2 Device, completed = stage-2 Normal).  A host KVM
+may also refuse the memslot (Linux 6.17+: a cacheable PFNMAP without FWB): every probe's
+outcome is then `refused`.  Kernels and probes run inside the guest; the payload's clock is
+CNTVCT_EL0.
+
+The kmod-* backings map the BAR in the host with the guestkit dmattr module
+(io_remap_pfn_range with that page protection, never VM_ALLOW_ANY_UNCACHED): kmod-normal
+is a cacheable VM_PFNMAP over non-RAM memory, the stand-in for GPU memory (nvgrace-gpu).
+dmattr claims nothing on the device, so the BAR may be owned by any driver (vfio-pci in the lab).
 """
 from __future__ import annotations
 
@@ -23,23 +31,30 @@ from bench.errors import UserError
 from bench.plan import Case
 from bench.probe import EXCL_TRIES, STXR_FAIL, Outcome, Probe, probes
 from bench.targets import vfio
+from bench.targets.kmod import KmodTarget, device_path
 from bench.targets.base import Availability, Mapping, Target, map_memory
-from bench.targets.kvmvm import OP_INIT, OP_PREFAULT, OP_PROBE, OP_RUN, Answer, KernelLog, Vm, VmError
+from bench.targets.kvmvm import (CAP_CACHEABLE_PFNMAP, OP_INIT, OP_PREFAULT, OP_PROBE, OP_RUN, Answer, KernelLog, Vm,
+                                  VmError, cap_text, check_extension, host_dic)
 from bench.targets.pci import PciTarget
 
-FORMS = "kvm:vfio:<BDF>/<bar>, kvm:sysfs:<BDF>/<bar> or kvm:ram"
+FORMS = ("kvm:vfio:<BDF>/<bar>, kvm:sysfs:<BDF>/<bar>, kvm:kmod-normal|kmod-normal-nc|kmod-device-ngnre:<BDF>/<bar> "
+         "or kvm:ram")
+BAR_BACKINGS = ("vfio", "sysfs", *kvmpolicy.KMOD_BACKINGS)
+WHAT = {"vfio": "vfio-pci region mmap", "sysfs": "sysfs resourceN mmap", "ram": "anonymous RAM",
+        **{b: f"dmattr {a} mmap" for b, a in kvmpolicy.KMOD_BACKINGS.items()}}
 ARCH_FIXED = ("ldp", "stp", "dc-zva", "exclusive", "atomic")  # outcome not fixed by the architecture
 PROBE_TIMEOUT_MS, RUN_TIMEOUT_MS = 5000, 120000
 MAIR = sum((a.mair or 0) << (8 * i) for i, a in enumerate(memtypes.ATTRS)) | 0xFF << 56
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
-    """'kvm:vfio:0000:00:01.0/2' -> ('vfio', 'pci:0000:00:01.0/2'); 'kvm:ram' -> ('ram', '')."""
+    """'kvm:vfio:0000:00:01.0/2' -> ('vfio', 'pci:0000:00:01.0/2'); 'kvm:ram' -> ('ram', '');
+    'kvm:kmod-normal:0000:00:01.0/2' -> ('kmod-normal', 'pci:0000:00:01.0/2')."""
     body = spec.removeprefix("kvm:")
     backing, _, rest = body.partition(":")
     if backing == "ram" and not rest:
         return "ram", ""
-    if backing in ("vfio", "sysfs") and rest:
+    if backing in BAR_BACKINGS and rest:
         return backing, f"pci:{rest}"
     if backing in kvmpolicy.BACKINGS:
         raise UserError(f"bad kvm target {spec!r}: use {FORMS}")
@@ -56,6 +71,14 @@ def check_host(machine: str | None = None, kvm: str = "/dev/kvm") -> None:
         raise UserError(f"no {kvm}: this kernel offers no KVM (boot it at EL2 and load kvm; here: python -m guestkit run --kvm-host)")
     if not os.access(kvm, os.R_OK | os.W_OK):
         raise UserError("no permission to use /dev/kvm: run as root or join the kvm group")
+
+
+class MemslotRefused(UserError):
+    """KVM_SET_USER_MEMORY_REGION refused the target memory: an outcome, not bad input."""
+
+    def __init__(self, spec: str, code: str) -> None:
+        super().__init__(f"{spec}: the host's KVM refused the memslot ({code})")
+        self.outcome_code = code
 
 
 @dataclass(frozen=True)
@@ -75,11 +98,15 @@ class KvmTarget(Target):
     def __init__(self, spec: str, allow_reads: bool = False, allow_writes: bool = False) -> None:
         self.backing, pci_spec = parse_spec(spec)
         check_host()
-        self.pci = PciTarget(pci_spec, allow_reads, allow_writes) if pci_spec else None
+        # kmod-*: dmattr maps the BAR (its own pci target keeps the safety rules); /dev/dmattr
+        # missing is one line now, not a failure deep inside a run.
+        kmod = self.backing in kvmpolicy.KMOD_BACKINGS
+        self.kmod = KmodTarget(f"kmod:{pci_spec}", allow_reads, allow_writes) if kmod else None
+        self.pci = self.kmod.pci if self.kmod else PciTarget(pci_spec, allow_reads, allow_writes) if pci_spec else None
         self.spec = f"kvm:{self.backing}" + (f":{self.pci.spec.removeprefix('pci:')}" if self.pci else "")
         if self.backing == "vfio":
             vfio.check_bound(self.pci.dev)
-        self._users, self._bar = 0, None
+        self._users, self._bar, self._refusal = 0, None, ""
 
     # --- what the host is and what KVM should do ---------------------------------------
     @cached_property
@@ -88,11 +115,20 @@ class KvmTarget(Target):
 
     @cached_property
     def prediction(self) -> kvmpolicy.Prediction:
-        return kvmpolicy.predict(self.release, self.backing)
+        return kvmpolicy.predict(self.release, self.backing, self.fwb, self.dic)
 
     @cached_property
     def fwb(self) -> bool | None:
         return kvmpolicy.fwb_from_log("\n".join(KernelLog(from_start=True).read_all()))
+
+    @cached_property
+    def dic(self) -> bool:
+        return host_dic()
+
+    @cached_property
+    def cacheable_pfnmap_cap(self) -> int:
+        """KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED on a VM fd (0 before Linux 6.17)."""
+        return check_extension(CAP_CACHEABLE_PFNMAP, on_vm=True)
 
     @cached_property
     def observed(self) -> str:
@@ -102,24 +138,34 @@ class KvmTarget(Target):
         try:
             answer = self._probe_vm(backing, lambda vm: vm.call(OP_PROBE, probe.index, self.attr_index("normal"),
                                                                  timeout_ms=PROBE_TIMEOUT_MS))
+        except MemslotRefused as exc:
+            self._refusal = exc.outcome_code
+            return "refused"
         finally:
             backing.close()
         return kvmpolicy.observed_class("ok" if answer.status == "done" and answer.ret == 0 else answer.status)
 
     def stage2_facts(self) -> dict[str, str]:
-        """Metadata: backing, host kernel, FWB, predicted and observed stage 2."""
+        """Metadata: backing, host kernel, FWB, DIC, the cacheable-PFNMAP capability,
+        predicted and observed stage 2 (and why KVM refused the memslot, when it did)."""
         agrees = self.observed == "unknown" or self.observed == self.prediction.cls
         if not agrees:
-            print(f"warning: {self.spec}: the KVM-policy table predicts stage-2 {self.prediction.stage2} "
+            print(f"warning: {self.spec}: the KVM-policy table predicts stage-2 {self.prediction.shown} "
                   f"({self.prediction.cls}) on Linux {self.release}, but the probe sees {self.observed} memory")
-        return {"backing": self.backing, "host_kernel": self.release,
-                "fwb": {True: "true", False: "false", None: "unknown"}[self.fwb],
-                "stage2_predicted": self.prediction.stage2, "stage2_reason": self.prediction.reason,
-                "stage2_observed": self.observed, "stage2_agrees": "true" if agrees else "false",
-                "vmm": "dmtbench kvm payload (KVM on this host)"}
+        facts = {"backing": self.backing, "host_kernel": self.release,
+                 "fwb": {True: "true", False: "false", None: "unknown"}[self.fwb], "dic": str(self.dic).lower(),
+                 "cacheable_pfnmap_cap": cap_text(self.cacheable_pfnmap_cap),
+                 "stage2_predicted": self.prediction.shown, "stage2_reason": self.prediction.reason,
+                 "stage2_observed": self.observed, "stage2_agrees": "true" if agrees else "false",
+                 "vmm": "dmtbench kvm payload (KVM on this host)"}
+        if self.observed == "refused":
+            facts["memslot_refused"] = self._refusal
+        return facts
 
     def own_stage2(self) -> str | None:
-        return self.prediction.stage2
+        # A memslot KVM is expected to refuse has no stage 2: 'unknown' keeps the runner's
+        # effective-type arithmetic away from it.
+        return self.prediction.stage2 or "unknown"
 
     # --- Target interface -------------------------------------------------------------------
     def availability(self) -> list[Availability]:
@@ -133,10 +179,9 @@ class KvmTarget(Target):
             self.pci.check_access(attr, reads, writes)
 
     def describe(self) -> str:
-        what = {"vfio": "vfio-pci region mmap", "sysfs": "sysfs resourceN mmap", "ram": "anonymous RAM"}[self.backing]
         dev = f" of {self.pci.describe()}" if self.pci else ""
-        return (f"{what}{dev} in a KVM guest (host Linux {self.release}; KVM-policy stage 2: "
-                f"{self.prediction.stage2})")
+        return (f"{WHAT[self.backing]}{dev} in a KVM guest (host Linux {self.release}; KVM-policy stage 2: "
+                f"{self.prediction.shown})")
 
     def attr_index(self, attr: str) -> int:
         return memtypes.names().index(memtypes.canonical(attr))
@@ -175,10 +220,20 @@ class KvmTarget(Target):
 
     def _map_bar(self) -> Backing:
         writable = self.pci.allow_writes
+        if self.kmod:
+            return self._map_kmod()
         if self.backing == "vfio":
             r = vfio.open_region(self.pci.dev, self.pci.index, writable)
             return Backing(r.ptr, r.size, writable, f"vfio-pci region {self.pci.index} at offset {r.offset:#x}", r.close)
         return self._map_sysfs(writable)
+
+    def _map_kmod(self) -> Backing:
+        """The whole BAR through /dev/dmattr with the backing's page protection."""
+        attr = kvmpolicy.KMOD_BACKINGS[self.backing]
+        self.pci._enable()  # memory decoding on where no driver owns the device
+        m = self.kmod.open(attr, self.pci.bar.size)
+        return Backing(m.ptr, m.size, m.writable, f"dmattr {attr} mmap of BAR {self.pci.index} "
+                                                  "(VM_PFNMAP, no VM_ALLOW_ANY_UNCACHED)", m.close)
 
     def _map_sysfs(self, writable: bool) -> Backing:
         path = self.pci.dev / f"resource{self.pci.index}"
@@ -201,6 +256,8 @@ class KvmTarget(Target):
         try:
             return Vm(backing.ptr, backing.size, MAIR, ram, heap, timeout_ms, readonly=not backing.writable)
         except VmError as exc:
+            if exc.answer.status == "refused":
+                raise MemslotRefused(self.spec, exc.answer.code) from None
             raise UserError(f"{self.spec}: the VM did not start: {exc}") from None
 
     def _probe_vm(self, backing: Backing, fn) -> Answer:
@@ -212,8 +269,11 @@ class KvmTarget(Target):
         """Device or normal for mapping.attr, from the unaligned 8-byte load in the guest."""
         probe = next(p for p in probes() if p.name == "load8-unaligned")
         b = Backing(mapping.ptr, mapping.size, mapping.writable, mapping.realised, mapping.close)
-        answer = self._probe_vm(b, lambda vm: vm.call(OP_PROBE, probe.index, self.attr_index(mapping.attr),
-                                                      timeout_ms=PROBE_TIMEOUT_MS))
+        try:
+            answer = self._probe_vm(b, lambda vm: vm.call(OP_PROBE, probe.index, self.attr_index(mapping.attr),
+                                                          timeout_ms=PROBE_TIMEOUT_MS))
+        except MemslotRefused:
+            return "refused"
         return _class_of(answer)
 
     def timer(self, case: Case) -> "KvmTimer":
@@ -221,10 +281,11 @@ class KvmTarget(Target):
 
     def run_probes(self, attrs: list[str], selected: list[Probe], stage2: str | None) -> dict[str, list[Outcome]]:
         """Every probe for every attribute inside VMs over one host mapping; a fresh VM after
-        one is killed or hangs."""
+        one is killed or hangs.  A refused memslot makes every probe's outcome `refused`."""
         s2 = stage2 if stage2 not in (None, "none", "unknown") else self.prediction.stage2
         backing = self._map(4096)
         vm: Vm | None = None
+        refused = ""  # why KVM refused the memslot, once it has
         rows: dict[str, list[Outcome]] = {}
         try:
             for attr in attrs:
@@ -233,7 +294,14 @@ class KvmTarget(Target):
                     if p.writes and not backing.writable:
                         rows[attr].append(Outcome(attr, p.name, "skip", "writes not allowed (--allow-writes)"))
                         continue
-                    vm = vm or self._vm(backing)
+                    if not vm and not refused:
+                        try:
+                            vm = self._vm(backing)
+                        except MemslotRefused as exc:
+                            refused = exc.outcome_code
+                    if refused:
+                        rows[attr].append(Outcome(attr, p.name, "refused", refused, expected_outcome(p, attr, s2)))
+                        continue
                     answer = vm.call(OP_PROBE, p.index, self.attr_index(attr), timeout_ms=PROBE_TIMEOUT_MS)
                     if answer.status not in ("done", "fault"):
                         vm.close()
@@ -247,11 +315,14 @@ class KvmTarget(Target):
         return rows
 
 
-def expected_outcome(probe: Probe, attr: str, stage2: str) -> str:
+def expected_outcome(probe: Probe, attr: str, stage2: str | None) -> str:
     """The outcome the architecture fixes for stage-1 `attr` over `stage2`: an EL1
     alignment fault when stage 1 is Device (checked before stage 2), the VM killed by a
     stage-2 alignment fault when only stage 2 is Device (KVM: 'Unsupported FSC'), else ok;
-    '' where the architecture allows several (pairs, DC ZVA, exclusives, atomics)."""
+    '' where the architecture allows several (pairs, DC ZVA, exclusives, atomics).
+    stage2 None: KVM refuses the memslot, so every probe is `refused`."""
+    if stage2 is None:
+        return "refused"
     if probe.name in ARCH_FIXED:
         return ""
     if not probe.unaligned:
@@ -298,7 +369,8 @@ class KvmTimer:
         self.metadata = {**target.stage2_facts(), "clock": f"CNTVCT_EL0 in the guest ({self.vm.cntfrq} Hz)",
                          "realised": self.mapping.realised, "effective_inferred": target.classify(self.mapping)}
         fwb = target.fwb is True
-        self.metadata["effective"] = memtypes.combine(case.attr, target.prediction.stage2, fwb).effective
+        pred = target.prediction  # may say refused where this host's KVM took the memslot: a disagreement
+        self.metadata["effective"] = "unknown" if pred.refused else memtypes.combine(case.attr, pred.stage2, fwb).effective
 
     def _ok(self, answer: Answer, step: str) -> int:
         if answer.status != "done":
@@ -318,7 +390,7 @@ class KvmTimer:
 
 def discover() -> list[str]:
     """kvm specs worth listing on this host: kvm:ram, and the scratch BARs (vfio when bound
-    to vfio-pci, sysfs always)."""
+    to vfio-pci, sysfs always, kmod-* when the dmattr module is loaded)."""
     if platform.machine() not in ("aarch64", "arm64") or not os.path.exists("/dev/kvm"):
         return []
     from bench.targets.pci import SCRATCH, read_bars, sysfs_root
@@ -334,5 +406,6 @@ def discover() -> list[str]:
         bound = (dev / "driver").exists() and Path(os.path.realpath(dev / "driver")).name == "vfio-pci"
         for i, b in enumerate(bars):
             if b.size and b.is_mem and (*ids, i) in SCRATCH:
-                specs += ([f"kvm:vfio:{dev.name}/{i}"] if bound else []) + [f"kvm:sysfs:{dev.name}/{i}"]
+                kmod = list(kvmpolicy.KMOD_BACKINGS) if device_path().exists() else []
+                specs += [f"kvm:{b}:{dev.name}/{i}" for b in (["vfio"] if bound else []) + ["sysfs"] + kmod]
     return specs

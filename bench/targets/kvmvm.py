@@ -2,7 +2,9 @@
 
 A request ends as an Answer: done (the payload's return value), fault (an exception the
 payload took at EL1, with ESR/FAR/ELR), killed (KVM_RUN failed; `detail` is the host
-kernel's log line that says why), hang, or error.  A killed VM is an outcome, not a crash.
+kernel's log line that says why), hang, or error.  A VM can also fail to open as refused:
+KVM would not take the target memslot (`detail`: the errno and the cacheable-PFNMAP
+capability of that VM).  A killed VM or a refused memslot is an outcome, not a crash.
 """
 from __future__ import annotations
 
@@ -18,10 +20,12 @@ from bench import kbuild, kvmbuild
 from bench.errors import UserError
 from bench.kernels import Args
 
-VMM_ABI = 1
+VMM_ABI = 2
 OP_INFO, OP_INIT, OP_RUN, OP_PROBE, OP_PREFAULT = 1, 2, 3, 4, 5
 TARGET_READONLY = 1
-STATUS = ("done", "fault", "killed", "hang", "error")
+STATUS = ("done", "fault", "killed", "hang", "error", "refused")
+CAP_CACHEABLE_PFNMAP = 243  # KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED (Linux 6.17), answered on a VM fd
+CTR_DIC = 1 << 29           # CTR_EL0.DIC: no instruction-cache invalidation needed for coherence
 RAM_IPA = 0x40000000
 IMAGE_MAX = 0xC0000
 
@@ -46,15 +50,16 @@ class Result(ctypes.Structure):
 class Answer:
     """How one request ended."""
 
-    status: str          # done | fault | killed | hang | error
-    ret: int = 0         # payload return value (done)
+    status: str          # done | fault | killed | hang | error | refused
+    ret: int = 0         # payload return value (done); refused: the capability value
     esr: int = 0         # fault: ESR_EL1
     far: int = 0
     detail: str = ""     # killed: host log line; hang/error: what happened
 
     @property
     def code(self) -> str:
-        """The outcome's `code` in probe output: 'ESR 0x96000021' or the host log line."""
+        """The outcome's `code` in probe output: 'ESR 0x96000021', the host log line, or
+        why the memslot was refused."""
         return f"ESR {self.esr:#x}" if self.status == "fault" else self.detail
 
 
@@ -115,6 +120,9 @@ def _loaded() -> tuple[ctypes.CDLL, bytes]:
                              ctypes.c_uint64, ctypes.POINTER(Args), ctypes.c_uint32, ctypes.POINTER(Result)]
     so.dmtk_close.argtypes = [ctypes.c_void_p]
     so.dmtk_info.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64 * 4)]
+    so.dmtk_check_extension.argtypes = [ctypes.c_uint32, ctypes.c_int32]
+    so.dmtk_check_extension.restype = ctypes.c_int64
+    so.dmtk_ctr_el0.restype = ctypes.c_uint64
     return so, payload_image((d / kvmbuild.PAYLOAD).read_bytes())
 
 
@@ -158,6 +166,34 @@ class KernelLog:
             self.fd = None
 
 
+def errno_name(err: int) -> str:
+    """'EINVAL' for 22; the number where Python has no name for it."""
+    return errno.errorcode.get(err, str(err))
+
+
+def cap_text(value: int) -> str:
+    """A KVM_CHECK_EXTENSION answer in words: the value, or the errno name when it failed."""
+    return str(value) if value >= 0 else errno_name(-value)
+
+
+def refusal(err: int, cap: int) -> str:
+    """Why a memslot was refused, as the probe `code`: the errno of KVM_SET_USER_MEMORY_REGION
+    and KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED of that VM."""
+    return f"KVM_SET_USER_MEMORY_REGION: {errno_name(err)}; KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED={cap_text(cap)}"
+
+
+def check_extension(cap: int, on_vm: bool = True) -> int:
+    """KVM_CHECK_EXTENSION(cap) on a fresh VM's fd (or /dev/kvm's): the value, or -errno."""
+    so, _ = _loaded()
+    return int(so.dmtk_check_extension(cap, int(on_vm)))
+
+
+def host_dic() -> bool:
+    """CTR_EL0.DIC as Linux shows it to user space (the system-wide value)."""
+    so, _ = _loaded()
+    return bool(so.dmtk_ctr_el0() & CTR_DIC)
+
+
 def kill_reason(messages: list[str], err: int) -> str:
     """The host log line that explains a failed KVM_RUN (KVM's own 'kvm [pid]: ...'
     lines first), else the errno in words."""
@@ -191,6 +227,8 @@ class Vm:
         status = STATUS[res.status]
         if status == "killed":
             return Answer(status, res.ret, detail=kill_reason(self._log.new_messages(), res.err))
+        if status == "refused":
+            return Answer(status, res.ret, detail=refusal(res.err, res.ret))
         if status == "hang":
             return Answer(status, detail="no answer before the timeout (vCPU interrupted)")
         if status == "error":

@@ -1,10 +1,12 @@
 /* The tiny VMM: one KVM VM per case on an arm64 Linux host, loaded with ctypes by
  * bench/targets/kvmvm.py.  It maps the payload's RAM and the memory under test (a host
- * userspace mapping: anonymous RAM, a sysfs resourceN mmap or a vfio-pci region mmap),
- * builds the payload's stage-1 tables, and runs one request at a time.  Each request ends
- * as one of: done (the payload's return value), fault (an exception the payload took at
- * EL1: ESR, FAR, ELR), killed (KVM_RUN failed: errno; the caller reads the host log line),
- * hang (no answer before the timeout) or error (an exit the payload never causes).
+ * userspace mapping: anonymous RAM, a sysfs resourceN mmap, a vfio-pci region mmap or a
+ * dmattr BAR mmap), builds the payload's stage-1 tables, and runs one request at a time.
+ * Each request ends as one of: done (the payload's return value), fault (an exception the
+ * payload took at EL1: ESR, FAR, ELR), killed (KVM_RUN failed: errno; the caller reads the
+ * host log line), hang (no answer before the timeout) or error (an exit the payload never
+ * causes).  Opening a VM can also end as refused: KVM would not take the target memslot
+ * (errno, and KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED on that VM in `ret`).
  * The stage-2 attribute is never chosen here: the host kernel's KVM picks it per memslot. */
 #include <errno.h>
 #include <fcntl.h>
@@ -23,9 +25,13 @@
 
 #define PAGE 4096ull
 #define BLOCK (2ull << 20)
-#define VMM_ABI 1
+#define VMM_ABI 2
+/* Linux 6.17 (include/uapi/linux/kvm.h); older headers lack it. */
+#ifndef KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED
+#define KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED 243
+#endif
 
-enum { ST_DONE = 0, ST_FAULT = 1, ST_KILLED = 2, ST_HANG = 3, ST_ERROR = 4 };
+enum { ST_DONE = 0, ST_FAULT = 1, ST_KILLED = 2, ST_HANG = 3, ST_ERROR = 4, ST_REFUSED = 5 };
 
 /* Mirrored by bench/targets/kvmvm.py (Config, Result). */
 struct dmtk_config {
@@ -45,7 +51,7 @@ struct dmtk_config {
 struct dmtk_result {
 	int32_t status; /* ST_* */
 	int32_t err;    /* errno of the failing call (killed, error) */
-	int64_t ret;    /* the payload's return value (done) */
+	int64_t ret;    /* the payload's return value (done); refused: the capability value */
 	uint64_t esr, far, elr, vector;
 	uint64_t exit_reason; /* KVM exit reason or MMIO address (error) */
 	char what[96];        /* the failing step, in words (error) */
@@ -65,6 +71,36 @@ struct dmtk_vm {
 
 int dmtk_abi(void) { return VMM_ABI; }
 uint64_t dmtk_mailbox_size(void) { return sizeof(struct dmtk_mailbox); }
+
+/* KVM_CHECK_EXTENSION on `fd`: the value, or -errno. */
+static int64_t check_extension(int fd, uint32_t cap)
+{
+	int v = ioctl(fd, KVM_CHECK_EXTENSION, cap);
+	return v < 0 ? -errno : v;
+}
+
+/* KVM_CHECK_EXTENSION(cap) on /dev/kvm, or with on_vm on a fresh VM's fd (arm64 answers
+ * some capabilities, such as CACHEABLE_PFNMAP_SUPPORTED, only there): value or -errno. */
+int64_t dmtk_check_extension(uint32_t cap, int32_t on_vm)
+{
+	int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (kvm < 0)
+		return -errno;
+	int fd = on_vm ? ioctl(kvm, KVM_CREATE_VM, 0) : kvm;
+	int64_t v = fd < 0 ? -errno : check_extension(fd, cap);
+	if (on_vm && fd >= 0)
+		close(fd);
+	close(kvm);
+	return v;
+}
+
+/* CTR_EL0 as Linux shows it to EL0 (the system-wide safe value): DIC is bit 29. */
+uint64_t dmtk_ctr_el0(void)
+{
+	uint64_t ctr;
+	__asm__ volatile("mrs %0, ctr_el0" : "=r"(ctr));
+	return ctr;
+}
 
 static int fail(struct dmtk_result *r, const char *what, int err)
 {
@@ -269,8 +305,15 @@ static int create(struct dmtk_vm *vm, const struct dmtk_config *c, struct dmtk_r
 	/* Read-only: a guest store becomes an MMIO exit outside the mailbox (an error), never a
 	 * write to memory the user did not allow writing. */
 	uint32_t tflags = (c->flags & DMTK_TARGET_READONLY) ? KVM_MEM_READONLY : 0;
-	if (slot(vm, 1, DMTK_TARGET_IPA, c->target, c->target_size, tflags))
-		return fail(r, "KVM_SET_USER_MEMORY_REGION (target memory)", errno);
+	if (slot(vm, 1, DMTK_TARGET_IPA, c->target, c->target_size, tflags)) {
+		/* An outcome, not a failure: the host's KVM will not map this memory (Linux 6.17+
+		 * refuses a cacheable PFNMAP without FWB and DIC).  Say what it advertises. */
+		int err = errno;
+		fail(r, "KVM_SET_USER_MEMORY_REGION (target memory)", err);
+		r->status = ST_REFUSED;
+		r->ret = check_extension(vm->vm, KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED);
+		return -err;
+	}
 	vm->vcpu = ioctl(vm->vm, KVM_CREATE_VCPU, 0);
 	if (vm->vcpu < 0)
 		return fail(r, "KVM_CREATE_VCPU", errno);

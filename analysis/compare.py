@@ -172,8 +172,8 @@ def table(comps: list[Comparison]) -> Table:
 
 def _sd(e: stats.Estimate) -> str:
     """lkp's %stddev cell: blank under 2%, as the kernel test robot prints it."""
-    pct = round(e.rsd * 100)
-    return f"± {pct:>2d}%" if pct >= 2 else "     "
+    pct = min(round(e.rsd * 100), 999)
+    return f"±{pct:>3d}%" if pct >= 2 else "     "
 
 
 def lkp(comps: list[Comparison]) -> str:
@@ -185,8 +185,8 @@ def lkp(comps: list[Comparison]) -> str:
         attrs = {r.name.rsplit("@", 1)[-1] for r in c.rows}
         out += [f"{_files(c.base)[:16]:>16} {_files(c.new)[:27]:>27}",
                 f"{'-' * 16} {'-' * 27}",
-                f"{'%stddev':>16} {'%change':>11} {'%stddev':>15}",
-                f"{BACKSLASH:>13} {'|':>10} {BACKSLASH:>16}"]
+                f"{'%stddev':>16} {'%change':>11} {'%stddev':>16}",
+                f"{BACKSLASH:>13} {'|':>10} {BACKSLASH:>17}"]
         for r in c.rows:
             name = r.name if len(attrs) > 1 else r.name.rsplit("@", 1)[0]
             cells = (f"{fmt_value(r.change.base.median):>10} {_sd(r.change.base)} {r.change.percent:+10.1f}% "

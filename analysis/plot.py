@@ -1,7 +1,8 @@
 """`plot RUN.json [B.json ...] -o DIR`: PNGs a reviewer can read without the terminal.
 
-bars.png: every benchmark's median with its 95% bootstrap CI, one panel per workload,
-bars grouped by attribute (and file).  sweep-<workload>.png: value against mapping size
+bars.png: every benchmark's median of process medians with its 95% cluster-bootstrap CI,
+one panel per workload, bars grouped by attribute (and file).  sweep-<workload>.png:
+value against mapping size
 (log x) where a run swept sizes.  latency-ecdf.png: the distribution of per-access
 latency values of every latency benchmark.
 """

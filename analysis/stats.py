@@ -50,7 +50,7 @@ class Estimate:
     lo: float
     hi: float
     n: int             # processes
-    rsd: float = 0.0   # relative std dev of the per-process medians
+    rsd: float = 0.0   # relative std dev of the replicates: file medians, or process medians (one file)
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,8 @@ def estimate_side(side: Side) -> Estimate:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # all-NaN slices cannot occur; nanmedian warns anyway
         lo, hi = _interval(_boot_side(side, _rng(), RESAMPLES))
-    rsd = float(np.std(meds, ddof=1) / np.mean(meds)) if len(meds) > 1 else 0.0
+    top = file_medians(side) if len(side) > 1 else meds  # the spread of the replicates
+    rsd = float(np.std(top, ddof=1) / np.mean(top)) if len(top) > 1 else 0.0
     return Estimate(m, lo, hi, len(meds), rsd)
 
 

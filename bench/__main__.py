@@ -13,7 +13,7 @@ COMMANDS = {
     "targets": "list targets and which attributes each can give",
     "combine": "effective memory type of a stage-1 and a stage-2 attribute",
     "probe": "semantic probes (alignment, DC ZVA, exclusives, atomics) per attribute",
-    "compare": "compare runs: change, 95% CI and significance per benchmark (analysis)",
+    "compare": "compare runs (A... --vs B...): speedups, 95% CIs, Holm-adjusted verdicts (analysis)",
     "report": "one run across attributes, relative to a reference attribute (analysis)",
     "plot": "PNG plots of one or more runs (analysis)",
     "track": "regression tracking over a machine's results; exit 1 on a regression (analysis)",

@@ -103,7 +103,7 @@ def test_compare_formats():
             assert c["method"].startswith("per-process medians")
         else:
             assert all(len(line) <= 72 for line in proc.stdout.splitlines())
-            assert "%stddev     %change         %stddev" in proc.stdout
+            assert "%stddev     %change          %stddev" in proc.stdout
     lkp = run_cli("compare", str(a), str(b), "--format", "lkp").stdout.splitlines()
     row = next(line for line in lkp if line.endswith("  read-lat[64B,64MiB]"))
     data = json.loads(run_cli("compare", str(a), str(b), "--format", "json").stdout)

@@ -20,9 +20,11 @@ def test_too_few_processes_is_exact():
     # Holm's first step over 9 rows needs p < .05/9; MWU's smallest p is 2/C(2n, n).
     assert stats.min_runs(0.05, 9) == 6 and stats.min_runs(0.05, 1) == 4
     four, eight = [[np.ones(1)] * 4], [[np.ones(1)] * 8]
-    assert "need 6 processes per side, have 4 and 4" in stats.enough(four, four, 0.05, 9)
-    assert stats.enough(eight, eight, 0.05, 9) is None
-    assert "2 files on each side" in stats.enough([[np.ones(1)]], [[np.ones(1)]] * 2, 0.05, 9)
+    assert "need 6 processes per side, have 4 and 4" in stats.enough(four, four, 0.05, 9, per_process=True)
+    assert stats.enough(eight, eight, 0.05, 9, per_process=True) is None
+    # One file a side cannot show how much runs differ: no verdict without --per-process.
+    assert stats.enough(eight, eight, 0.05, 9) == "need 2 files a side, or --per-process"
+    assert stats.enough(eight, [*eight, *eight], 0.05, 9) is None
 
 
 def _side(process_means, values_per_process, spread, rng):

@@ -66,7 +66,8 @@ def reserve(final: Path, exact: bool) -> Path:
             continue
         except OSError as exc:
             raise UserError(f"cannot write in {cand.parent}: {exc.strerror}; pass a writable --results-dir or -o") from None
-    raise UserError(f"{final}: another run is writing it; pick another -o or --label")
+    raise UserError(f"{partial_path(final)} exists: another run is writing it, or a killed run left its data "
+                    "there; pick another -o or --label")
 
 
 def write_atomic(path: Path, suite: pyperf.BenchmarkSuite) -> None:

@@ -96,7 +96,7 @@ def test_same_stamp_and_label_never_share_files(tmp_path):
     results.partial_path(second).write_text("theirs")
     assert results.finalise(results.partial_path(first), first, complete=False) is None  # nothing measured
     assert results.partial_path(second).read_text() == "theirs"
-    with pytest.raises(Exception, match="another run is writing"):
+    with pytest.raises(Exception, match="another run is writing it, or a killed run left its data"):
         results.reserve(second, exact=True)
 
 

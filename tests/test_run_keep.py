@@ -6,8 +6,6 @@ import resource
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pyperf
 import pytest

@@ -137,7 +137,8 @@ class Receiver:
                     path.unlink()
                     continue
                 path = bench_results.finalise(path, final, complete=False)
-            kept.append(path)
+            if path:  # None: the guest died before a worker had finished
+                kept.append(path)
         return kept
 
 

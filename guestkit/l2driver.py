@@ -184,11 +184,12 @@ def probe_commands(remaining: list[tuple[str, str]], all_names: list[str]) -> li
 def fast_command(release: str, attr: str) -> list[str]:
     """The lab's `--fast` run of one attribute through the pci target; the file stem ends
     in -linux-vfio.
-    In-process and with 20 ms values: Python runs some 50 times slower in the L2 than on
-    the machine, and each pyperf worker process is a Python start-up there; as plain
-    `--fast` the 12 cases took over ten minutes."""
-    cmd = ["python3", "-m", "bench", "run", "--target", TARGET, "--fast", "--in-process", "--min-time", "0.02",
-           "--size", FAST_SIZE,
+    Smaller than pyperf's --fast (which forces 3+ runs per case): one in-process run of a
+    warmup and two 20 ms values.  Python runs some 50 times slower in the L2 than on the
+    machine and each pyperf worker process is a Python start-up there: as plain `--fast`
+    the 12 cases took over ten minutes, in-process `--fast` about 50 s a case."""
+    cmd = ["python3", "-m", "bench", "run", "--target", TARGET, "--in-process", "-p", "1", "-n", "2", "-w", "1",
+           "--min-time", "0.02", "--size", FAST_SIZE,
            "--label", f"lab-{release}-linux-{BACKING}", "--results-dir", "results"]
     return cmd + [f"--attr={attr}", *[f"--workload={w}" for w in FAST_WORKLOADS]]
 

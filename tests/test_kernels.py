@@ -2,6 +2,7 @@
 import ctypes
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -197,3 +198,13 @@ def test_likwid_has_the_tests_we_pair_with_here():
     from bench import selfcheck
     width = selfcheck.bench_width(kernels.arch())
     assert {p.likwid for p in selfcheck.pairs(kernels.arch(), width)} <= selfcheck.likwid_tests()
+
+
+def test_selfcheck_chase_sides_run_and_agree_on_l2_sized_chains():
+    # Both chases at 256 KiB (L2-resident: no DRAM, little noise) after a full cycle.
+    from bench import selfcheck
+    ours = min(selfcheck.chase_ns(256 << 10, 0.05) for _ in range(3))
+    ref = min(selfcheck.reference_chase(256 << 10, 0.05) for _ in range(3))
+    assert 0.5 < ours / ref < 2, (ours, ref)
+    assert "drand48" in selfcheck.CHASE_FINDING and selfcheck.spread([1.0, 1.5]) == 0.5
+    assert "drand48(" not in (Path(selfcheck.__file__).with_name("reference") / "chase_ref.c").read_text()

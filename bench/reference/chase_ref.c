@@ -1,7 +1,11 @@
 /* An independent pointer chase for `python -m bench selfcheck`, written like lmbench's
  * lat_mem_rd (random list of pointers, 100 loads unrolled per step) and sharing no code
- * with c_kernels: a different shuffle (drand48 Fisher-Yates over line indices), a
- * different allocator (malloc) and its own clock.
+ * with c_kernels: a different shuffle (Fisher-Yates over line indices, linked in visit
+ * order), a different generator (splitmix64), a different allocator (malloc) and its
+ * own clock.  It walks one full cycle before timing, as read-lat does in selfcheck, so
+ * both time the steady state of the cycle rather than what initialisation left in the
+ * caches (this chain is written in visit order, read-lat's in address order).
+ * It used drand48 until 2026-11: a strong generator changed nothing beyond noise.
  *   usage: chase_ref SIZE_BYTES STRIDE SECONDS   -> prints ns per load */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -12,6 +16,14 @@
 #define HUNDRED(x) x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x \
 	x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x
 #define STEP p = (char **)*p;
+
+static uint64_t splitmix64(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
 
 static double now(void)
 {
@@ -30,11 +42,11 @@ int main(int argc, char **argv)
 	size_t *order = malloc(n * sizeof(*order));
 	if (!mem || !order)
 		return 1;
-	srand48(12345);
+	uint64_t seed = 12345;
 	for (size_t i = 0; i < n; i++)
 		order[i] = i;
 	for (size_t i = n - 1; i > 0; i--) {
-		size_t j = (size_t)(drand48() * (i + 1)), t = order[i];
+		size_t j = (size_t)(splitmix64(&seed) % (i + 1)), t = order[i];
 		order[i] = order[j];
 		order[j] = t;
 	}
@@ -43,7 +55,7 @@ int main(int argc, char **argv)
 	free(order);
 	char **p = (char **)mem;
 	uint64_t loads = 0;
-	for (int w = 0; w < 100000; w++) { HUNDRED(STEP) } /* warm the TLB and caches */
+	for (size_t w = 0; w < n / 100 + 1; w++) { HUNDRED(STEP) } /* one full cycle: steady state */
 	double t0 = now(), t;
 	do {
 		for (int r = 0; r < 1000; r++) { HUNDRED(STEP) }

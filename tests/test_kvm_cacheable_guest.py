@@ -62,6 +62,8 @@ A57_SCRIPT = "\n".join([
     "> results/refused.ktap",
     f"python3 -m bench run --target {spec('kmod-normal')} --fast -p 1 --attr normal --workload write-bw "
     "--size 64KiB > results/run.txt 2> results/run.err; echo $? > results/run.rc",
+    f"DMTBENCH_DMATTR=/dev/no-dmattr python3 -m bench probe --target {spec('kmod-normal')} 2> results/nomod.err; "
+    "echo $? > results/nomod.rc",
 ])
 OLD_SCRIPT = "\n".join(probe_json(b, b, ("normal", "device-ngnre")) for b in ("kmod-normal", "kmod-normal-nc"))
 
@@ -176,6 +178,12 @@ def test_refused_in_ktap_and_a_timed_case_fails_with_the_reason(sid_a57):
     out = (sid_a57 / "run.txt").read_text() + (sid_a57 / "run.err").read_text()
     assert "refused the memslot (KVM_SET_USER_MEMORY_REGION: EINVAL" in out and "Traceback" not in out
     assert "1 case(s) failed" in out
+
+
+def test_no_dmattr_module_is_one_line(sid_a57):
+    assert (sid_a57 / "nomod.rc").read_text().strip() == "2"
+    lines = (sid_a57 / "nomod.err").read_text().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no /dev/no-dmattr: load the module"), lines
 
 
 def test_before_6_17_a_cacheable_pfnmap_is_device(k612):

@@ -6,7 +6,7 @@ maps it with every stage-1 attribute (its own MAIR), so all seven are available.
 stage-2 attribute is the host kernel's own choice for that backing; it is predicted from
 the KVM-policy table (bench.kvmpolicy) and observed with a probe (Normal stage 1 +
 unaligned load: the VM killed = stage-2 Device, completed = stage-2 Normal).  A host KVM
-may also refuse the memslot (Linux 6.17+: a cacheable PFNMAP without FWB): every probe's
+may also refuse the memslot (Linux 6.17+: a cacheable PFNMAP without FWB and DIC): every probe's
 outcome is then `refused`.  Kernels and probes run inside the guest; the payload's clock is
 CNTVCT_EL0.
 
@@ -31,8 +31,8 @@ from bench.errors import UserError
 from bench.plan import Case
 from bench.probe import EXCL_TRIES, STXR_FAIL, Outcome, Probe, probes
 from bench.targets import vfio
-from bench.targets.kmod import KmodTarget, device_path
 from bench.targets.base import Availability, Mapping, Target, map_memory
+from bench.targets.kmod import KmodTarget, device_path
 from bench.targets.kvmvm import (CAP_CACHEABLE_PFNMAP, OP_INIT, OP_PREFAULT, OP_PROBE, OP_RUN, Answer, KernelLog, Vm,
                                   VmError, cap_text, check_extension, host_dic)
 from bench.targets.pci import PciTarget
@@ -370,7 +370,8 @@ class KvmTimer:
                          "realised": self.mapping.realised, "effective_inferred": target.classify(self.mapping)}
         fwb = target.fwb is True
         pred = target.prediction  # may say refused where this host's KVM took the memslot: a disagreement
-        self.metadata["effective"] = "unknown" if pred.refused else memtypes.combine(case.attr, pred.stage2, fwb).effective
+        effective = "unknown" if pred.refused else memtypes.combine(case.attr, pred.stage2, fwb).effective
+        self.metadata["effective"] = effective
 
     def _ok(self, answer: Answer, step: str) -> int:
         if answer.status != "done":
@@ -407,5 +408,5 @@ def discover() -> list[str]:
         for i, b in enumerate(bars):
             if b.size and b.is_mem and (*ids, i) in SCRATCH:
                 kmod = list(kvmpolicy.KMOD_BACKINGS) if device_path().exists() else []
-                specs += [f"kvm:{b}:{dev.name}/{i}" for b in (["vfio"] if bound else []) + ["sysfs"] + kmod]
+                specs += [f"kvm:{back}:{dev.name}/{i}" for back in (["vfio"] if bound else []) + ["sysfs"] + kmod]
     return specs

@@ -90,12 +90,13 @@ def table(reports: list[HostReport]) -> str:
     per = [cells(r) for r in reports]
     order = [*kvmpolicy.BACKINGS, *sorted({c[0] for p in per for c in p} - set(kvmpolicy.BACKINGS))]
     rows = sorted({case for c in per for case in c}, key=lambda c: (order.index(c[0]), memtypes.names().index(c[1])))
+    bw = max([7, *(len(b) for b, _ in rows)])  # kmod-device-ngnre is 17 wide
     col = max(14, *(len(r.kernel) + 1 for r in reports)) if reports else 14
-    col = min(col, (WIDTH - 28) // max(1, len(reports)))
-    head = f"{'backing':<7} {'stage-1 attr':<19}" + "".join(f" {r.kernel[:col - 1]:>{col - 1}}" for r in reports)
+    col = min(col, (WIDTH - bw - 21) // max(1, len(reports)))
+    head = f"{'backing':<{bw}} {'stage-1 attr':<19}" + "".join(f" {r.kernel[:col - 1]:>{col - 1}}" for r in reports)
     lines = [head]
     for backing, attr in rows:
-        line = f"{backing:<7} {attr:<19}"
+        line = f"{backing:<{bw}} {attr:<19}"
         for c in per:
             seen, want = c.get((backing, attr), ("-", "-"))
             text = seen if seen == want else f"{seen}!{want}"

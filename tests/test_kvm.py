@@ -304,4 +304,8 @@ def test_lab_table_predicts_and_shows_a_refused_memslot():
     assert not labtable.mismatches([report(False)])
     assert labtable.mismatches([report(True)]) == [
         f"{sid} payload kmod-normal normal: observed refused, KVM policy predicts normal"]
-    assert "refused = KVM refused the memslot" in " ".join(labtable.table([report(False)]).splitlines())
+    text = labtable.table([report(False)] * 3)
+    assert "refused = KVM refused the memslot" in " ".join(text.splitlines())
+    assert max(map(len, text.splitlines())) <= labtable.WIDTH
+    head, row = text.splitlines()[:2]  # the widest backing name keeps the columns aligned
+    assert row.split()[:2] == ["kmod-normal", "normal"] and head.index("stage-1 attr") == row.index("normal")

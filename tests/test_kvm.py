@@ -308,4 +308,4 @@ def test_lab_table_predicts_and_shows_a_refused_memslot():
     assert "refused = KVM refused the memslot" in " ".join(text.splitlines())
     assert max(map(len, text.splitlines())) <= labtable.WIDTH
     head, row = text.splitlines()[:2]  # the widest backing name keeps the columns aligned
-    assert row.split()[:2] == ["kmod-normal", "normal"] and head.index("stage-1 attr") == row.index("normal")
+    assert row.split()[:2] == ["kmod-normal", "normal"] and head.index("stage-1 attr") == row.index(" normal") + 1

@@ -135,7 +135,8 @@ def read_report(version: str, guest: str, files: list[Path], error: str) -> labt
         if backing and not path.name.endswith("-probes.json"):
             medians.update(labtable.medians_of(pyperf.BenchmarkSuite.load(str(path)).get_benchmarks(), backing))
     why = error or _host_problem(data)
-    return labtable.HostReport(data["host_kernel"], guest, data.get("fwb"), tuple(data["outcomes"]), medians, why)
+    return labtable.HostReport(data["host_kernel"], guest, data.get("fwb"), tuple(data["outcomes"]), medians, why,
+                               data.get("dic"))
 
 
 def _host_problem(data: dict) -> str:
@@ -168,8 +169,9 @@ def main(argv: list[str]) -> int:
 def print_reports(reports: list[labtable.HostReport], as_json: bool, wall: float) -> None:
     bad = labtable.mismatches(reports)
     if as_json:
-        print(json.dumps({"hosts": [{"host_kernel": r.kernel, "guest": r.guest, "fwb": r.fwb, "error": r.error}
-                                    for r in reports],
+        hosts = [{"host_kernel": r.kernel, "guest": r.guest, "fwb": r.fwb, "dic": r.dic, "error": r.error}
+                 for r in reports]
+        print(json.dumps({"hosts": hosts,
                           "outcomes": [o for r in reports for o in labtable.with_predictions(r)],
                           "mismatches": bad, "medians": {r.kernel: r.medians for r in reports},
                           "emulated": True, "seconds": round(wall, 1)}, indent=1))

@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             data = probe_backing(backing, memtypes.names())
             report["backings"][backing] = {k: v for k, v in data.items() if k != "outcomes"}
             report["outcomes"] += outcomes_of(backing, data)
+            if "dic" in data and report.get("dic") is None:  # a host CPU fact every kvm backing reports
+                report["dic"] = data["dic"] == "true"
             out.write_text(json.dumps(report, indent=1))  # what is done so far survives a hang
         if not args.probes_only:
             for backing in [b for b in backings if b in FAST_BY_BACKING or not b.startswith(NEEDS_MODULE)]:

@@ -29,12 +29,14 @@ class HostReport:
     outcomes: tuple[dict, ...]        # backing, attr, probe, result, code
     medians: dict[str, tuple[float, str]]  # "<backing> <benchmark>" -> (median, unit)
     error: str = ""                   # why this kernel gave nothing (no KVM, timeout...)
+    dic: bool | None = None           # CTR_EL0.DIC: with FWB, what 6.17+ needs for cacheable PFNMAP
 
 
-def predicted(kernel: str, backing: str, attr: str, probe: str, fwb: bool | None) -> str | None:
+def predicted(kernel: str, backing: str, attr: str, probe: str, fwb: bool | None,
+              dic: bool | None = None) -> str | None:
     """What the architecture and the KVM-policy table say one probe does, or None where
     they fix nothing a probe can see (ordering, DC ZVA under QEMU, exclusives)."""
-    pred = kvmpolicy.predict(kernel, backing, fwb)
+    pred = kvmpolicy.predict(kernel, backing, fwb, dic)
     if pred.refused:
         return "refused"  # no memslot: every probe of the backing
     if probe in ALIGNED:
@@ -60,7 +62,7 @@ def cell_of(results: list[str | None]) -> str:
 def with_predictions(report: HostReport) -> list[dict]:
     """The JSON outcomes: every probe result with host kernel, guest mode and prediction."""
     return [{"host_kernel": report.kernel, "guest": report.guest, **o,
-             "predicted": predicted(report.kernel, o["backing"], o["attr"], o["probe"], report.fwb)}
+             "predicted": predicted(report.kernel, o["backing"], o["attr"], o["probe"], report.fwb, report.dic)}
             for o in report.outcomes]
 
 
@@ -91,9 +93,10 @@ def table(reports: list[HostReport]) -> str:
     order = [*kvmpolicy.BACKINGS, *sorted({c[0] for p in per for c in p} - set(kvmpolicy.BACKINGS))]
     rows = sorted({case for c in per for case in c}, key=lambda c: (order.index(c[0]), memtypes.names().index(c[1])))
     bw = max([7, *(len(b) for b, _ in rows)])  # kmod-device-ngnre is 17 wide
-    col = max(14, *(len(r.kernel) + 1 for r in reports)) if reports else 14
+    col = max(14, *(len(short(r.kernel)) + 1 for r in reports)) if reports else 14
     col = min(col, (WIDTH - bw - 21) // max(1, len(reports)))
-    head = f"{'backing':<{bw}} {'stage-1 attr':<19}" + "".join(f" {r.kernel[:col - 1]:>{col - 1}}" for r in reports)
+    head = f"{'backing':<{bw}} {'stage-1 attr':<19}" + "".join(f" {short(r.kernel)[:col - 1]:>{col - 1}}"
+                                                                 for r in reports)
     lines = [head]
     for backing, attr in rows:
         line = f"{backing:<{bw}} {attr:<19}"
@@ -108,6 +111,11 @@ def table(reports: list[HostReport]) -> str:
               "refused the memslot; "
               "x!y = observed x, KVM policy predicts y")
     return "\n".join([*lines, *_wrap(legend), *errors])
+
+
+def short(kernel: str) -> str:
+    """A kernel release without its flavour, for column heads: 6.12.117+deb12-arm64 -> 6.12.117+deb12."""
+    return kernel.removesuffix("-arm64")
 
 
 def _wrap(text: str) -> list[str]:
@@ -127,8 +135,8 @@ def ratios(reports: list[HostReport]) -> str:
     if base is None or not base.medians or len(reports) < 2:
         return ""
     name, col = 46, 13
-    head = f"{'case (emulated timings)':<{name}}{base.kernel[:col - 1]:>{col + 2}}"
-    lines = [head + "".join(f"{r.kernel[:col - 1]:>{col}}" for r in reports[1:])]
+    head = f"{'case (emulated timings)':<{name}}{short(base.kernel)[:col - 1]:>{col + 2}}"
+    lines = [head + "".join(f"{short(r.kernel)[:col - 1]:>{col}}" for r in reports[1:])]
     for case, (value, unit) in sorted(base.medians.items(), key=lambda kv: _case_order(kv[0])):
         line = f"{case[:name - 1]:<{name}}{value:>9.4g} {unit:<5}"
         for r in reports[1:]:

@@ -67,15 +67,22 @@ def _results(data: dict, guest: str) -> dict:
 
 
 @pytest.mark.guest
-def test_payload_lab_shows_the_6_9_change(guest_ready, tmp_path):
-    # One emulated KVM host boot per kernel; the VM's stage 2 is the host kernel's own choice.
-    data = _lab(tmp_path, "--host-kernel", "6.1", "--host-kernel", "6.12")
+def test_payload_lab_shows_the_three_eras(guest_ready, tmp_path):
+    # The default hosts (6.1, newest 6.12, sid), one emulated KVM host boot each; the VM's
+    # stage 2 is each host kernel's own choice.
+    data = _lab(tmp_path)
     out = _results(data, "payload")
+    sid = next(k for k in {k[0] for k in out} if k not in ("6.1", "6.12"))
     for probe in UNALIGNED:
+        # 6.9: vfio-pci BARs Normal-NC at stage 2.
         assert out["6.1", "vfio", "normal-nc", probe]["result"] == "killed"
         assert out["6.12", "vfio", "normal-nc", probe]["result"] == "ok"
-        for series in ("6.1", "6.12"):
+        # 6.17 (with FWB, as -cpu max has): a cacheable PFNMAP (the GPU-memory stand-in) cacheable.
+        assert out["6.12", "kmod-normal", "normal", probe]["result"] == "killed"
+        assert out[sid, "kmod-normal", "normal", probe]["result"] == "ok"
+        for series in ("6.1", "6.12", sid):
             assert out[series, "sysfs", "normal-nc", probe]["result"] == "killed"
+            assert out[series, "kmod-normal-nc", "normal-nc", probe]["result"] == "killed"
             assert out[series, "ram", "device-ngnre", probe]["result"] == "fault"
             assert out[series, "ram", "normal", probe]["result"] == "ok"
     killed = out["6.1", "vfio", "normal-nc", "load8-unaligned"]
@@ -83,7 +90,18 @@ def test_payload_lab_shows_the_6_9_change(guest_ready, tmp_path):
     assert data["mismatches"] == [] and all(h["error"] == "" for h in data["hosts"])
     assert all(o["predicted"] in (None, o["result"]) for o in data["outcomes"] if o["probe"] in UNALIGNED)
     homes = list((tmp_path / "qemu-arm64-kvmhost").glob("*-payload-probes.json"))
-    assert len(homes) == 2 and all(json.loads(p.read_text())["emulated"] for p in homes)
+    assert len(homes) == 3 and all(json.loads(p.read_text())["emulated"] for p in homes)
+
+
+@pytest.mark.guest
+def test_host_without_fwb_refuses_the_cacheable_memslot(guest_ready, tmp_path):
+    # cortex-a57: no FEAT_S2FWB, no CTR_EL0.DIC; 6.17+ refuses a cacheable PFNMAP memslot.
+    data = _lab(tmp_path, "--host-kernel", "sid", "--cpu", "cortex-a57")
+    assert data["hosts"][0]["fwb"] is False and data["hosts"][0]["dic"] is False
+    kmod = [o for o in data["outcomes"] if o["backing"] == "kmod-normal"]
+    assert kmod and all(o["result"] == o["predicted"] == "refused" for o in kmod)
+    assert "EINVAL" in kmod[0]["code"] and "SUPPORTED=0" in kmod[0]["code"]
+    assert data["mismatches"] == []
 
 
 def test_host_without_kvm_is_reported_not_hidden():

@@ -323,9 +323,14 @@ def main(argv: list[str]) -> int:
     for attr in attrs:
         target.require(attr)
     args.attr = attrs
-    cases = plan.build(attrs, args.workload, args.param, args.size, target.max_size())
-    stage2 = stage2_of(args, target)
+    # The effective type (stage 1 with the stage 2) decides what a workload may do: zero's
+    # DC ZVA faults on any Device type, so it is refused or left out with the reason.
+    stage2, skipped = stage2_of(args, target), []
+    cases = plan.build(attrs, args.workload, args.param, args.size, target.max_size(), stage2=stage2,
+                       fwb=args.fwb, skipped=skipped)
     runner.metadata.update(metadata.system())
     if args.worker:
         return _worker(runner, cases, target, stage2, args.fwb)
+    for reason in skipped:
+        print(f"skipped: {reason}")
     return _manager(runner, cases, target, stage2, args.fwb)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import struct
 import subprocess
@@ -25,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.errors import UserError
-from guestkit import apt, image, kernels
-from guestkit.deps import find_parts
+from guestkit import image, kernels
+from guestkit.deps import find_parts, guest_apt
 from guestkit.paths import arch_cache
 from guestkit.qemu import Arch, get_arch
 
@@ -131,7 +130,7 @@ def _extract(debs: list[Path], root: Path) -> None:
 def inner_qemu(arch: Arch) -> Path:
     """A directory with bin/qemu-system-aarch64 and lib/ (the libraries L1 lacks), cached by
     the QEMU package version.  Downloads the dependency closure once (about 110 small debs)."""
-    a = kernels._apt(arch)
+    a = guest_apt(arch)
     base_pkgs = set(image.GUEST_PKGS)
     closure = depends_closure(a.query(["depends", *DEPENDS_OPTS, QEMU_PKG]))
     version = next((line.split()[1] for line in a.query(["policy", QEMU_PKG]).splitlines()

@@ -173,3 +173,52 @@ def test_nested_linux_guest_killed_probe_and_the_rest(guest_ready, tmp_path):
     assert got[("device-ngnre", "load8-unaligned")]["result"] == "fault"
     assert got[("device-ngnre", "load8-unaligned")]["code"] == "SIGBUS/BUS_ADRALN"
     assert data["l2_boots"] == 2 and data["l2_emulated"] is True
+
+
+class _ScriptedLab(l2driver.Lab):
+    """The restart logic against L2s that behave as scripted (what each boot ran and how
+    it ended); a KVM that kills VMs exists only inside the emulated host."""
+
+    def __init__(self, tmp_path, script, probes_only=False):
+        report = {"l2_boots": 0, "backings": {"vfio": {}}, "runs": [], "boots": [], "outcomes": []}
+        super().__init__("6.1.0-56-arm64", ["load8", "load8-unaligned"], probes_only, False, report,
+                         tmp_path / "r.json", kmsg=l2driver.KernelLog("/nonexistent"))
+        self.script, self.asked = list(script), []
+
+    def boot(self, remaining, fast):
+        self.asked.append((list(remaining), list(fast)))
+        watch = l2driver.Watch(verbose=False)
+        ran, ended = self.script.pop(0)
+        for text in ran:
+            watch(("err", text + "\n"))
+        return watch, ended
+
+
+def _ok(attr, name):
+    return f'# outcome {{"attr": "{attr}", "probe": "{name}", "result": "ok", "code": ""}}'
+
+
+def test_a_killed_probe_is_recorded_and_the_rest_run_in_a_fresh_l2(tmp_path):
+    fsc = "killed: kvm [97]: Unsupported FSC: EC=0x24 xFSC=0x21 ESR_EL2=0x93c08021"
+    lab = _ScriptedLab(tmp_path, [
+        ([_ok("device-ngnre", "load8"), _ok("device-ngnre", "load8-unaligned"), _ok("normal-nc", "load8"),
+          "# probe normal-nc load8-unaligned"], fsc),
+        (["# fast-start device-ngnre", "# fast-exit device-ngnre 0"], "exit 0"),
+        (["# fast-start normal-nc"], fsc)])
+    assert lab.run() == 0
+    assert lab.asked[1] == ([], ["device-ngnre"]) and lab.asked[2] == ([], ["normal-nc"])  # one run per L2
+    killed = lab.report["outcomes"][-1]
+    assert (killed["attr"], killed["probe"], killed["result"]) == ("normal-nc", "load8-unaligned", "killed")
+    assert killed["code"].startswith("kvm [97]: Unsupported FSC")
+    assert [(r["attr"], r["exit"]) for r in lab.report["runs"]] == [("device-ngnre", 0), ("normal-nc", None)]
+    assert json.loads((tmp_path / "r.json").read_text())["outcomes"] == lab.report["outcomes"]
+
+
+def test_an_l2_that_stops_without_a_probe_to_blame_is_an_error(tmp_path):
+    lab = _ScriptedLab(tmp_path, [([_ok("device-ngnre", "load8"), "error: target cannot give normal-nc"], "exit 2")],
+                       probes_only=True)
+    assert lab.run() == 3
+    assert lab.report["backings"]["vfio"]["error"] == "target cannot give normal-nc"
+    assert len(lab.report["outcomes"]) == 1
+    hung = _ScriptedLab(tmp_path, [([], "error: guest timed out after 300 s and was killed")], probes_only=True)
+    assert hung.run() == 3 and "timed out" in hung.report["backings"]["vfio"]["error"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from bench.errors import UserError
 from bench.targets.base import Availability, Mapping, Target
 from bench.targets.kmod import KmodTarget, device_path
-from bench.targets.pci import SCRATCH, PciTarget, read_bars, sysfs_root
+from bench.targets.pci import PciTarget, scratch_bars
 from bench.targets.ram import RamTarget
 
 __all__ = ["Availability", "Mapping", "Target", "open_target", "discover", "describe", "SPECS"]
@@ -43,14 +43,7 @@ def discover() -> list[str]:
     """Target specs worth listing here: RAM, and every memory BAR of known scratch devices
     (other BARs are listed only when named: --target pci:<BDF>/<bar>)."""
     specs = ["ram", "ram:thp"] + (["kmod"] if device_path().exists() else [])
-    root = sysfs_root()
-    for dev in sorted(root.iterdir()) if root.is_dir() else []:
-        try:
-            ids = (int((dev / "vendor").read_text(), 16), int((dev / "device").read_text(), 16))
-            bars = read_bars(dev)
-        except (OSError, ValueError):
-            continue
-        specs += [f"pci:{dev.name}/{i}" for i, b in enumerate(bars) if b.size and b.is_mem and (*ids, i) in SCRATCH]
+    specs += [f"pci:{dev.name}/{i}" for dev, i in scratch_bars()]
     from bench.targets import kvm
 
     return specs + kvm.discover()

@@ -35,7 +35,7 @@ from bench.targets.base import Availability, Mapping, Target, map_memory
 from bench.targets.kmod import KmodTarget, device_path
 from bench.targets.kvmvm import (CAP_CACHEABLE_PFNMAP, OP_INIT, OP_PREFAULT, OP_PROBE, OP_RUN, Answer, KernelLog, Vm,
                                   VmError, cap_text, check_extension, host_dic)
-from bench.targets.pci import PciTarget
+from bench.targets.pci import PciTarget, map_file, scratch_bars
 
 FORMS = ("kvm:vfio:<BDF>/<bar>, kvm:sysfs:<BDF>/<bar>, kvm:kmod-normal|kmod-normal-nc|kmod-device-ngnre:<BDF>/<bar> "
          "or kvm:ram")
@@ -238,18 +238,7 @@ class KvmTarget(Target):
     def _map_sysfs(self, writable: bool) -> Backing:
         path = self.pci.dev / f"resource{self.pci.index}"
         self.pci._enable()  # memory decoding on, as the pci target does
-        try:
-            fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
-        except OSError as exc:
-            raise UserError(f"cannot open {path}: {exc.strerror}") from None
-        try:
-            size = os.fstat(fd).st_size  # the BAR's size (lseek on resourceN does not give it)
-            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-            ptr, close = map_memory(size, prot, mmap.MAP_SHARED, fd)
-        except OSError as exc:
-            raise UserError(f"cannot mmap {path}: {exc.strerror}") from None
-        finally:
-            os.close(fd)
+        ptr, size, close = map_file(path, None, writable)
         return Backing(ptr, size, writable, f"sysfs {path.name} mmap", close)
 
     def _vm(self, backing: Backing, ram: int = 0, heap: int = 1 << 20, timeout_ms: int = PROBE_TIMEOUT_MS) -> Vm:
@@ -394,19 +383,9 @@ def discover() -> list[str]:
     to vfio-pci, sysfs always, kmod-* when the dmattr module is loaded)."""
     if platform.machine() not in ("aarch64", "arm64") or not os.path.exists("/dev/kvm"):
         return []
-    from bench.targets.pci import SCRATCH, read_bars, sysfs_root
-
     specs = ["kvm:ram"]
-    root = sysfs_root()
-    for dev in sorted(root.iterdir()) if root.is_dir() else []:
-        try:
-            ids = (int((dev / "vendor").read_text(), 16), int((dev / "device").read_text(), 16))
-            bars = read_bars(dev)
-        except (OSError, ValueError):
-            continue
+    kmod = list(kvmpolicy.KMOD_BACKINGS) if device_path().exists() else []
+    for dev, i in scratch_bars():
         bound = (dev / "driver").exists() and Path(os.path.realpath(dev / "driver")).name == "vfio-pci"
-        for i, b in enumerate(bars):
-            if b.size and b.is_mem and (*ids, i) in SCRATCH:
-                kmod = list(kvmpolicy.KMOD_BACKINGS) if device_path().exists() else []
-                specs += [f"kvm:{back}:{dev.name}/{i}" for back in (["vfio"] if bound else []) + ["sysfs"] + kmod]
+        specs += [f"kvm:{back}:{dev.name}/{i}" for back in (["vfio"] if bound else []) + ["sysfs"] + kmod]
     return specs

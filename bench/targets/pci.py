@@ -12,6 +12,7 @@ import mmap
 import os
 import platform
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,41 @@ def read_bars(dev: Path) -> list[Bar]:
         start, end, flags = (int(x, 16) for x in line.split())
         bars.append(Bar(start, end - start + 1 if end else 0, flags))
     return bars
+
+
+def map_file(path: Path, size: int | None, writable: bool) -> tuple[int, int, Callable[[], None]]:
+    """mmap a sysfs resource file shared: (address, size, unmap).  size None: the whole
+    file, sized with fstat (lseek on resourceN does not give the BAR's size)."""
+    try:
+        fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+    except PermissionError:
+        raise UserError(f"no permission to open {path}: run as root") from None
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist: the kernel offers no such mapping for this BAR") from None
+    except OSError as exc:
+        raise UserError(f"cannot open {path}: {exc.strerror}") from None
+    try:
+        size = os.fstat(fd).st_size if size is None else size
+        ptr, close = map_memory(size, mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0), mmap.MAP_SHARED, fd)
+    except OSError as exc:
+        raise UserError(f"cannot mmap {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    return ptr, size, close
+
+
+def scratch_bars() -> list[tuple[Path, int]]:
+    """(device directory, BAR index) of every memory BAR of known scratch devices here."""
+    found = []
+    root = sysfs_root()
+    for dev in sorted(root.iterdir()) if root.is_dir() else []:
+        try:
+            ids = (int((dev / "vendor").read_text(), 16), int((dev / "device").read_text(), 16))
+            bars = read_bars(dev)
+        except (OSError, ValueError):
+            continue
+        found += [(dev, i) for i, b in enumerate(bars) if b.size and b.is_mem and (*ids, i) in SCRATCH]
+    return found
 
 
 class PciTarget(Target):
@@ -144,19 +180,7 @@ class PciTarget(Target):
         path = self.dev / FILES[attr].format(n=self.index)
         self._enable()
         writable = self.allow_writes
-        try:
-            fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
-        except PermissionError:
-            raise UserError(f"no permission to open {path}: run as root") from None
-        except FileNotFoundError:
-            raise UserError(f"{path} does not exist: the kernel offers no such mapping for this BAR") from None
-        try:
-            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-            ptr, close = map_memory(size, prot, mmap.MAP_SHARED, fd)
-        except OSError as exc:
-            raise UserError(f"cannot mmap {path}: {exc.strerror}") from None
-        finally:
-            os.close(fd)
+        ptr, _, close = map_file(path, size, writable)
         try:
             realised = realised_type(attr, self.bar.start, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE)
         except UserError:

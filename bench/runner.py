@@ -40,7 +40,7 @@ def _forward(cmd: list[str], args) -> None:
         value = getattr(args, name)
         if value is not None:
             cmd.extend([f"--{name.replace('_', '-')}", str(value)])
-    for flag in ("fwb", "allow_reads", "allow_writes"):
+    for flag in ("fwb", "allow_reads", "allow_writes", "infer"):
         if getattr(args, flag):
             cmd.append(f"--{flag.replace('_', '-')}")
 
@@ -60,6 +60,9 @@ def make_runner() -> pyperf.Runner:
     p.add_argument("--fwb", action="store_true", help="the host uses FEAT_S2FWB")
     p.add_argument("--allow-reads", action="store_true", help="allow reading a BAR that is not known scratch memory")
     p.add_argument("--allow-writes", action="store_true", help="allow writing a BAR that is not known scratch memory")
+    p.add_argument("--infer", action="store_true",
+                   help="in a guest, probe each mapping with an unaligned load to record its class (a pre-6.9 "
+                        "KVM host kills the VM for it on a BAR mapped Normal-NC); on bare metal always done")
     p.add_argument("--label", default=None, help="label in the result file name")
     p.add_argument("--machine", default=None, help="results/<machine>/ directory name (default: host name)")
     p.add_argument("--results-dir", default=None, help="results root (default: ./results)")
@@ -138,21 +141,36 @@ class CaseTimer:
         self.close()
 
 
-def inferred_class(mapping: Mapping, target: Target) -> str:
-    """Device or normal, as the unaligned-load probe sees it (RAM: known, no probe)."""
+NOT_PROBED = "not probed"
+
+
+def may_probe(args) -> bool:
+    """Whether `run` may make its unaligned test access.  On bare metal it is harmless.  In
+    a guest it can kill the VM: a host before Linux 6.9 maps a BAR Device at stage 2, and
+    KVM cannot handle the stage-2 alignment fault a Normal-NC mapping then takes.  So in a
+    guest only with --infer (`bench probe` is the command that means to do it)."""
+    return bool(args.infer) or metadata.system()["virt"] == "host"
+
+
+def inferred_class(mapping: Mapping, target: Target, probe_ok: bool) -> str:
+    """Device or normal, as the unaligned-load probe sees it (RAM: known, no probe; a target
+    with its own VM answers from there; NOT_PROBED where probing was not allowed)."""
     if isinstance(target, RamTarget):
         return "normal"
-    return target.classify(mapping) or probe.infer_mapping(mapping)
+    known = target.classify(mapping)
+    if known:
+        return known
+    return probe.infer_mapping(mapping) if probe_ok else NOT_PROBED
 
 
-def _warn_disagreements(cases: list[Case], target: Target, stage2: str, fwb: bool) -> None:
+def _warn_disagreements(cases: list[Case], target: Target, stage2: str, fwb: bool, probe_ok: bool) -> None:
     """Say so when the declared stage 2 predicts another class than the probes see."""
-    if stage2 in ("none", "unknown") or isinstance(target, RamTarget):
+    if stage2 in ("none", "unknown") or isinstance(target, RamTarget) or not probe_ok:
         return
     for attr in dict.fromkeys(c.attr for c in cases):
         mapping = target.open(attr, 4096)
         try:
-            seen = inferred_class(mapping, target)
+            seen = inferred_class(mapping, target, probe_ok)
         finally:
             mapping.close()
         predicted = memtypes.combine(attr, stage2, fwb)
@@ -172,7 +190,7 @@ def _worker(runner: pyperf.Runner, cases: list[Case], target: Target, stage2: st
         meta = case_metadata(case, target, stage2, fwb)
         if i == task:
             meta["realised"] = fn.mapping.realised
-            meta["effective_inferred"] = inferred_class(fn.mapping, target)
+            meta["effective_inferred"] = inferred_class(fn.mapping, target, may_probe(args))
             meta.update(getattr(fn, "metadata", {}))  # a target's own timer (kvm) adds its facts
             # Per-run metadata: report --ref pairs the runs of one round across attributes.
             meta["round"] = int(args.round or 1)
@@ -276,7 +294,7 @@ def _manager(runner: pyperf.Runner, cases: list[Case], target: Target, stage2: s
         # G/s between processes on this project's VM; pinned, 0.7% spread.
         args.affinity = str(max(os.sched_getaffinity(0)))
     _preflight(cases, target)
-    _warn_disagreements(cases, target, stage2, fwb)
+    _warn_disagreements(cases, target, stage2, fwb, may_probe(runner.args))
     # Interleave by default: run sequentially, a case's processes share a few seconds of
     # the machine's state (on this project's VM write-bw's 8 processes split 18 vs 7 GB/s
     # at one point in time), so they are pseudo-replicates; interleaved, they sample the

@@ -64,7 +64,7 @@ def _bench(case, target, stage2: str, fwb: bool) -> pyperf.Benchmark:
     fn = target.timer(case) or CaseTimer(case, target)
     try:
         meta = {**metadata.system(), **case_metadata(case, target, stage2, fwb), "name": case.name,
-                "realised": fn.mapping.realised, "effective_inferred": inferred_class(fn.mapping, target),
+                "realised": fn.mapping.realised, "effective_inferred": inferred_class(fn.mapping, target, probe_ok=False),
                 "replication": REPLICATION, **getattr(fn, "metadata", {})}
         loops, warm = calibrate(fn)
         per = loops * case.units_per_loop

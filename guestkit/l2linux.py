@@ -8,17 +8,15 @@ initramfs: the same base image plus the same suite overlay a `guestkit run` gues
 whose job.json guestkit.l2driver rewrites before each L2 boot.  L1 then runs
 `python3 -m guestkit.l2driver` (see host_argv), which boots the L2s and writes the results.
 
-By hand:  python -m guestkit.l2linux [--kernel 6.1|6.12|VERSION] [--probes-only] [--probe NAME]...
+Run it with `python -m guestkit lab --guest linux [--host-kernel V]... [--probes-only]`.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
 import struct
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,40 +186,3 @@ def host_argv(probes_only: bool, probes: tuple[str, ...] = ()) -> list[str]:
     """The command L1 runs: guestkit.l2driver (see its docstring)."""
     return ["python3", "-m", "guestkit.l2driver", *(["--probes-only"] if probes_only else []),
             *[f"--probe={p}" for p in probes]]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m guestkit.l2linux`: one emulated host, the linux guest mode, by hand."""
-    from guestkit import kvmhost, launch
-
-    p = argparse.ArgumentParser(prog="python -m guestkit.l2linux", description=__doc__.splitlines()[0])
-    p.add_argument("--kernel", default="current", help="L1 host kernel: Debian version, series (6.1, 6.12) or 'current'")
-    p.add_argument("--probes-only", action="store_true", help="skip the --fast run in L2")
-    p.add_argument("--probe", action="append", default=[], help="probe name (repeatable; default: all)")
-    p.add_argument("--results", type=Path, default=Path("results"), help="host results root (default ./results)")
-    p.add_argument("--machine", default="qemu-arm64-kvmhost", help="results/<machine>/ name")
-    p.add_argument("--timeout", type=float, default=900, help="seconds before L1 is killed (exit 124)")
-    p.add_argument("--show-command", action="store_true")
-    args = p.parse_args(argv)
-    try:
-        arch = get_arch("arm64")
-        host = kernels.get(arch, args.kernel)
-        hjob = kvmhost.host_job(host, bind_ivshmem=True)
-        job = linux_job(host)
-        with tempfile.NamedTemporaryFile(prefix="ivshmem-") as shm:
-            shm.truncate(4 << 20)
-            return launch.run(arch, host_argv(args.probes_only, tuple(args.probe)), accel="tcg",
-                              timeout=args.timeout, results=args.results, machine=args.machine,
-                              ivshmem_file=Path(shm.name), ivshmem_bytes=4 << 20, memory_mb=job.memory_mb,
-                              show_command=args.show_command, extra={**hjob.files, **job.files},
-                              setup=hjob.setup + job.setup, kernel=host.image, kvm_host=True)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.code
-    except KeyboardInterrupt:
-        print("error: interrupted; files already received are in results/", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

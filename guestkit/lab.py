@@ -40,6 +40,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", default="max", metavar="MODEL",
                    help="the emulated host's CPU (default max: FWB, VHE; e.g. cortex-a57: no FWB, nVHE)")
     p.add_argument("--probes-only", action="store_true", help="skip the --fast timing runs")
+    p.add_argument("--probe", action="append", default=[], metavar="NAME",
+                   help="run only this probe (repeatable; default: all; the table needs the unaligned ones)")
     p.add_argument("--json", action="store_true", help="print the outcomes as one JSON object")
     p.add_argument("-o", "--results", type=Path, default=Path("results"), help="results root (default ./results)")
     p.add_argument("--timeout", type=float, default=HOST_TIMEOUT, help="seconds per host boot before it is killed")
@@ -67,13 +69,14 @@ class Console:
             sys.stderr.write(item[1])
 
 
-def host_argv(guest: str, probes_only: bool) -> list[str]:
+def host_argv(guest: str, probes_only: bool, probes: tuple[str, ...] = ()) -> list[str]:
     """The command the emulated host runs (guestkit.labhost for the payload mode)."""
     if guest == "linux":
         from guestkit import l2linux
 
-        return l2linux.host_argv(probes_only)
-    return ["python3", "-m", "guestkit.labhost", "--mode", guest, *(["--probes-only"] if probes_only else [])]
+        return l2linux.host_argv(probes_only, probes)
+    return ["python3", "-m", "guestkit.labhost", "--mode", guest, *(["--probes-only"] if probes_only else []),
+            *[f"--probe={p}" for p in probes]]
 
 
 def run_host(kernel: kernels.Kernel, args) -> tuple[labtable.HostReport, int]:
@@ -96,7 +99,7 @@ def run_host(kernel: kernels.Kernel, args) -> tuple[labtable.HostReport, int]:
     with tempfile.NamedTemporaryFile(prefix="ivshmem-") as shm:
         shm.truncate(IVSHMEM_BYTES)
         try:
-            launch.run(arch, host_argv(args.guest, args.probes_only), accel="tcg", timeout=args.timeout,
+            launch.run(arch, host_argv(args.guest, args.probes_only, tuple(args.probe)), accel="tcg", timeout=args.timeout,
                        results=args.results, machine=MACHINE, ivshmem_file=Path(shm.name),
                        ivshmem_bytes=IVSHMEM_BYTES, memory_mb=memory, echo=console, extra=files, setup=setup,
                        kernel=kernel.image, kvm_host=True, rx=rx, cpu_model=args.cpu)

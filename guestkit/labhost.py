@@ -44,12 +44,13 @@ def kernel_log() -> str:
     return proc.stdout
 
 
-def probe_backing(backing: str, attrs: list[str]) -> dict:
+def probe_backing(backing: str, attrs: list[str], probes: list[str]) -> dict:
     """`bench probe --json` through the kvm target for one backing, in this process (a
     Python start costs seconds under TCG); {'error': ...} when the backing cannot be had."""
     from bench import probe_cli  # the same code path as the command
 
-    argv = ["--target", TARGETS[backing], "--json", *(a for attr in attrs for a in ("--attr", attr))]
+    argv = ["--target", TARGETS[backing], "--json", *(a for attr in attrs for a in ("--attr", attr)),
+            *(a for name in probes for a in ("--probe", name))]
     out, t0 = io.StringIO(), time.monotonic()
     try:
         with contextlib.redirect_stdout(out):
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", default="payload", choices=["payload"])
     p.add_argument("--probes-only", action="store_true")
     p.add_argument("--backing", action="append", default=[], choices=list(TARGETS))
+    p.add_argument("--probe", action="append", default=[])
     args = p.parse_args(argv)
     release = platform.release()
     results = Path(os.environ.get("DMTBENCH_RESULTS", "results"))
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     backings = [b for b in args.backing or list(TARGETS) if not b.startswith(NEEDS_MODULE) or module_ok(report)]
     if report["kvm"]:
         for backing in backings:
-            data = probe_backing(backing, memtypes.names())
+            data = probe_backing(backing, memtypes.names(), args.probe)
             report["backings"][backing] = {k: v for k, v in data.items() if k != "outcomes"}
             report["outcomes"] += outcomes_of(backing, data)
             if "dic" in data and report.get("dic") is None:  # a host CPU fact every kvm backing reports

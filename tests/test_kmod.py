@@ -21,7 +21,7 @@ GUEST_SCRIPT = """
 python -m bench targets --target kmod > results/targets-kmod.txt
 python -m bench run --target kmod --attr device-gre 2> results/refused.txt
 python -m bench probe --target kmod --json > results/probe-kmod.json
-python -m bench run --target kmod --fast --workload write-bw --workload read-bw --size 64KiB --label kmod
+python -m bench run --target kmod --fast --infer --workload write-bw --workload read-bw --size 64KiB --label kmod
 python -m bench probe --target kmod:pci:0000:00:01.0/2 --probe load8-unaligned --json > results/probe-kmod-bar.json
 python - > results/ioctl.json <<'PY'
 import errno, fcntl, json, mmap, os, sys

@@ -157,9 +157,9 @@ def test_nested_linux_guest_killed_probe_and_the_rest(guest_ready, tmp_path):
     """One emulated 6.1 host: vfio + normal-nc + unaligned kills the L2; a fresh L2 runs the
     probe after it; the Device mapping faults in the L2 itself; L2 says it is emulated."""
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "guestkit.l2linux", "--kernel", "6.1", "--probes-only",
-                           "--probe", "load8-unaligned", "--probe", "load8", "--results", str(tmp_path),
-                           "--timeout", "400"], capture_output=True, text=True, timeout=500,
+    proc = subprocess.run([sys.executable, "-m", "guestkit", "lab", "--guest", "linux", "--host-kernel", "6.1",
+                           "--probes-only", "--probe", "load8-unaligned", "--probe", "load8", "-o", str(tmp_path),
+                           "--timeout", "400", "--json"], capture_output=True, text=True, timeout=500,
                           cwd=Path(__file__).resolve().parent.parent)
     print(f"nested linux guest test: {time.monotonic() - t0:.1f} s wall")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -173,6 +173,8 @@ def test_nested_linux_guest_killed_probe_and_the_rest(guest_ready, tmp_path):
     assert got[("device-ngnre", "load8-unaligned")]["result"] == "fault"
     assert got[("device-ngnre", "load8-unaligned")]["code"] == "SIGBUS/BUS_ADRALN"
     assert data["l2_boots"] == 2 and data["l2_emulated"] is True
+    lab = json.loads(proc.stdout)  # the lab's own verdicts: every outcome as predicted
+    assert lab["mismatches"] == [] and lab["hosts"][0]["error"] == ""
 
 
 class _ScriptedLab(l2driver.Lab):

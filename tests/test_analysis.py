@@ -278,3 +278,13 @@ def test_error_rates_on_the_committed_series():
 def test_track_needs_enough_runs(tmp_path):
     shutil.copy(RAM, tmp_path / RAM.name)
     assert_one_line_error(run_cli("track", str(tmp_path)), 2, "at least 3")
+
+
+def test_error_rates_on_the_quiet_series():
+    """The same goals on `series-quiet/` (10 default runs made while nothing else ran on
+    the machine): at most 1 comparison in 20 with a verdict, and with three files a side a
+    planted 25% change found in at least 19 trials of 20."""
+    runs = track.history(EX / "series-quiet", allow_emulated=False)
+    r = eval_compare(runs, 3, [25.0], 0.05)
+    assert r["with_verdict"] * 20 <= r["comparisons"], r
+    assert r["detected"][25.0] * 20 >= 19 * r["planted"][25.0], r

@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"host_kernel": release, "guest": args.mode, "fwb": kvmpolicy.fwb_from_log(log),
                     "kvm": os.path.exists("/dev/kvm"), "el2": "started at EL2" in log,
                     "emulated": metadata.emulated(), "backings": {}, "outcomes": [], "runs": []}
-    backings = [b for b in args.backing or list(TARGETS) if not b.startswith(NEEDS_MODULE) or module_ok(report)]
+    module = module_ok(report)  # once: records the kmod backings' reason when it is missing
+    backings = [b for b in args.backing or list(TARGETS) if module or not b.startswith(NEEDS_MODULE)]
+    save = lambda: out.write_text(json.dumps(report, indent=1))  # noqa: E731  what is done so far survives a hang
     if report["kvm"]:
         for backing in backings:
             data = probe_backing(backing, memtypes.names(), args.probe)
@@ -118,12 +120,12 @@ def main(argv: list[str] | None = None) -> int:
             report["outcomes"] += outcomes_of(backing, data)
             if "dic" in data and report.get("dic") is None:  # a host CPU fact every kvm backing reports
                 report["dic"] = data["dic"] == "true"
-            out.write_text(json.dumps(report, indent=1))  # what is done so far survives a hang
+            save()
         if not args.probes_only:
             for backing in [b for b in backings if b in FAST_BY_BACKING or not b.startswith(NEEDS_MODULE)]:
                 report["runs"].append(fast_run(backing, results, f"lab-{release}-{args.mode}-{backing}"))
-                out.write_text(json.dumps(report, indent=1))
-    out.write_text(json.dumps(report, indent=1))
+                save()
+    save()
     print(f"labhost: {release}: {len(report['outcomes'])} outcomes, {len(report['runs'])} runs")
     return 0
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 import lzma
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 from bench.errors import UserError
-from guestkit import apt
+from guestkit import apt, image
 from guestkit.paths import arch_cache
 from guestkit.qemu import Arch
 
@@ -126,19 +125,12 @@ def _unpack_image(a: apt.ForeignApt, deb: Path, root: Path, version: str) -> Non
     whose Image and modules live in linux-binary-<v> and linux-modules-<v>: those too."""
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    _extract(deb, root)
+    image.extract([deb], root)
     if not _find_image(root, version):
         parts = [f"linux-binary-{version}", f"linux-modules-{version}"]
-        for part in a.download([p for p in parts if p in a.query(["depends", f"linux-image-{version}"])]):
-            _extract(part, root)
+        image.extract(a.download([p for p in parts if p in a.query(["depends", f"linux-image-{version}"])]), root)
     if not _find_image(root, version):
         raise UserError(f"{deb.name} holds no kernel image (boot/vmlinuz-* or usr/lib/modules/*/vmlinuz)")
-
-
-def _extract(deb: Path, root: Path) -> None:
-    proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise UserError(f"cannot unpack {deb.name}: {proc.stderr.strip()}")
 
 
 def _find_image(root: Path, version: str) -> Path | None:

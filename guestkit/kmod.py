@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from bench.errors import UserError
-from guestkit import apt, kernels
+from guestkit import apt, image, kernels
 from guestkit.deps import guest_apt
 from guestkit.paths import arch_cache
 from guestkit.qemu import Arch
@@ -67,8 +67,7 @@ def headers(arch: Arch, version: str) -> Path:
     host = host_apt(sid=lists.sources is not None)
     debs += host.download([kbuild])
     root.mkdir(parents=True, exist_ok=True)
-    for deb in debs:
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    image.extract(debs, root)
     if lists.sources is not None:
         run_with_own_libc(root, host)
     # The flavour Makefile includes the common tree by absolute path: point it at ours.
@@ -97,8 +96,7 @@ def run_with_own_libc(root: Path, host: apt.ForeignApt) -> None:
     has: unpack sid's libc6 beside them and turn each tool into a small script that runs
     the real binary through sid's own dynamic loader (the binaries are not modified)."""
     libc_root = root / "host-libc"
-    for deb in host.download(["libc6"]):
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(libc_root)], check=True)
+    image.extract(host.download(["libc6"]), libc_root)
     loader = next(libc_root.glob("usr/lib*/x86_64-linux-gnu/ld-linux-x86-64.so.2"), None) or \
         next(libc_root.glob("**/ld-linux-*.so.*"), None)
     if loader is None:

@@ -16,7 +16,6 @@ import hashlib
 import json
 import shutil
 import struct
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,13 +117,6 @@ def depends_closure(text: str) -> list[str]:
     return sorted(n for n in names if not n.startswith("<"))
 
 
-def _extract(debs: list[Path], root: Path) -> None:
-    for deb in debs:
-        proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise UserError(f"cannot unpack {deb.name}: {proc.stderr.strip()}")
-
-
 def inner_qemu(arch: Arch) -> Path:
     """A directory with bin/qemu-system-aarch64 and lib/ (the libraries L1 lacks), cached by
     the QEMU package version.  Downloads the dependency closure once (about 110 small debs)."""
@@ -142,8 +134,8 @@ def inner_qemu(arch: Arch) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     with tempfile.TemporaryDirectory(dir=arch_cache(arch.name)) as tmp:
         provided, extra = Path(tmp) / "base", Path(tmp) / "extra"
-        _extract(base_debs, provided)
-        _extract(debs, extra)
+        image.extract(base_debs, provided)
+        image.extract(debs, extra)
         binary = extra / QEMU_BIN
         if not binary.is_file():
             raise UserError(f"{QEMU_PKG} holds no /{QEMU_BIN}")

@@ -50,7 +50,7 @@ def test_inner_qemu_ships_exactly_the_missing_libraries(guest_ready, tmp_path):
     # ... and the closure is closed: everything anything shipped needs is shipped or in the base.
     debs = [d for d in (l2linux.arch_cache("arm64") / "apt" / "debs").glob("*.deb")
             if d.name.split("_")[0] in l2linux.image.GUEST_PKGS]
-    l2linux._extract(debs, tmp_path)
+    l2linux.image.extract(debs, tmp_path)
     for f in [binary, *(qroot / "lib").iterdir()]:
         for name in _readelf_needed(f):
             assert name in shipped or l2linux.find_lib(name, [tmp_path]), (f.name, name)

@@ -24,7 +24,7 @@ def test_arm64_tcg_argv_models_alignment_faults(tmp_path):
     joined = " ".join(argv)
     assert "-cpu max" in joined and "-smp 2" in joined and "-nic none" in joined and "thread=multi" in joined
     assert "dmtbench.emulated=1" in argv[argv.index("-append") + 1]
-    assert f"ivshmem-plain,memdev=ivshmem0,bus=pcie.0,addr=0x1" in argv
+    assert "ivshmem-plain,memdev=ivshmem0,bus=pcie.0,addr=0x1" in argv
     assert any(a.startswith("memory-backend-file") and "share=on" in a for a in argv)
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from bench import probe
 from conftest import run_cli
 from guestkit import l2driver, l2linux, launch
 from guestkit.cpio import CpioWriter

@@ -178,6 +178,22 @@ def _warn_disagreements(cases: list[Case], target: Target, stage2: str, fwb: boo
             print(f"warning: --stage2 {stage2} predicts {predicted.effective} for {attr}, but the probes see {seen} memory")
 
 
+def open_timer(case: Case, target: Target):
+    """The time function for one case: the target's own (kvm: inside its VM), else the
+    kernel called here on the target's mapping."""
+    return target.timer(case) or CaseTimer(case, target)
+
+
+def timer_metadata(case: Case, target: Target, stage2: str, fwb: bool, fn, probe_ok: bool) -> dict:
+    """case_metadata plus what the open timer knows: how the mapping was realised, its
+    inferred class, and a target timer's own facts (kvm: its stage 2), which win."""
+    meta = case_metadata(case, target, stage2, fwb)
+    meta["realised"] = fn.mapping.realised
+    meta["effective_inferred"] = inferred_class(fn.mapping, target, probe_ok)
+    meta.update(getattr(fn, "metadata", {}))
+    return meta
+
+
 def _never(loops: int) -> float:  # placeholder for cases another worker runs
     raise AssertionError("pyperf called a case outside this worker's task")
 
@@ -186,12 +202,10 @@ def _worker(runner: pyperf.Runner, cases: list[Case], target: Target, stage2: st
     args = runner.args
     task = args.worker_task or 0
     for i, case in enumerate(cases):
-        fn = (target.timer(case) or CaseTimer(case, target)) if i == task else _never
+        fn = open_timer(case, target) if i == task else _never
         meta = case_metadata(case, target, stage2, fwb)
         if i == task:
-            meta["realised"] = fn.mapping.realised
-            meta["effective_inferred"] = inferred_class(fn.mapping, target, may_probe(args))
-            meta.update(getattr(fn, "metadata", {}))  # a target's own timer (kvm) adds its facts
+            meta = timer_metadata(case, target, stage2, fwb, fn, may_probe(args))
             # Per-run metadata: report --ref pairs the runs of one round across attributes.
             meta["round"] = int(args.round or 1)
             meta["schedule"] = args.schedule or "sequential"

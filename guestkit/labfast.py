@@ -17,7 +17,7 @@ import pyperf
 from bench import metadata, plan
 from bench import results as bench_results
 from bench.errors import UserError
-from bench.runner import CaseTimer, case_metadata, inferred_class, stage2_of
+from bench.runner import open_timer, stage2_of, timer_metadata
 from bench.targets import open_target
 
 MIN_TIME = 0.002   # seconds of guest time per value: CNTVCT resolution is 16 ns under QEMU
@@ -61,11 +61,10 @@ def run_backing(spec: str, attrs: list[str], workloads: list[str], size: str, la
 
 
 def _bench(case, target, stage2: str, fwb: bool) -> pyperf.Benchmark:
-    fn = target.timer(case) or CaseTimer(case, target)
+    fn = open_timer(case, target)
     try:
-        meta = {**metadata.system(), **case_metadata(case, target, stage2, fwb), "name": case.name,
-                "realised": fn.mapping.realised, "effective_inferred": inferred_class(fn.mapping, target, probe_ok=False),
-                "replication": REPLICATION, **getattr(fn, "metadata", {})}
+        meta = {**metadata.system(), **timer_metadata(case, target, stage2, fwb, fn, probe_ok=False),
+                "name": case.name, "replication": REPLICATION}
         loops, warm = calibrate(fn)
         per = loops * case.units_per_loop
         values = [fn(loops) / per for _ in range(VALUES)]

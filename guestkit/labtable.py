@@ -9,10 +9,10 @@ memslot: Linux 6.17+ with a cacheable PFNMAP and no FWB), or `?` (no answer).
 """
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 
 from bench import kvmpolicy, memtypes, units
+from bench.results import value_of
 
 UNALIGNED = ("load8-unaligned", "store8-unaligned")
 ALIGNED = ("load8", "store8")
@@ -157,10 +157,10 @@ def _case_order(case: str) -> tuple:
 
 
 def medians_of(suite_benchmarks, backing: str) -> dict[str, tuple[float, str]]:
-    """'<backing> <benchmark>' -> (median in its unit, unit) from a pyperf suite."""
+    """'<backing> <benchmark>' -> (median in its unit, unit) from a pyperf suite, the way
+    every dmtbench summary takes it (bench.results.value_of: median of process medians)."""
     out = {}
     for bench in suite_benchmarks:
-        unit = bench.get_metadata().get("report_unit", "ns")
-        values = [units.convert(unit, v) for v in bench.get_values()]
-        out[f"{backing} {bench.get_name()}"] = (statistics.median(values), unit)
+        median, _, unit = value_of(bench)
+        out[f"{backing} {bench.get_name()}"] = (median, unit)
     return out

@@ -106,9 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     results = Path(os.environ.get("DMTBENCH_RESULTS", "results"))
     out = bench_results.default_path(results, metadata.machine_name(), f"lab-{release}-{args.mode}-probes")
     out.parent.mkdir(parents=True, exist_ok=True)
-    log = kernel_log()
-    report: dict = {"host_kernel": release, "guest": args.mode, "fwb": kvmpolicy.fwb_from_log(log),
-                    "kvm": os.path.exists("/dev/kvm"), "el2": "started at EL2" in log,
+    report: dict = {"host_kernel": release, "guest": args.mode, "fwb": None, "dic": None,
+                    "kvm": os.path.exists("/dev/kvm"), "el2": "started at EL2" in kernel_log(),
                     "emulated": metadata.emulated(), "backings": {}, "outcomes": [], "runs": []}
     module = module_ok(report)  # once: records the kmod backings' reason when it is missing
     backings = [b for b in args.backing or list(TARGETS) if module or not b.startswith(NEEDS_MODULE)]
@@ -118,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             data = probe_backing(backing, memtypes.names(), args.probe)
             report["backings"][backing] = {k: v for k, v in data.items() if k != "outcomes"}
             report["outcomes"] += outcomes_of(backing, data)
-            if "dic" in data and report.get("dic") is None:  # a host CPU fact every kvm backing reports
-                report["dic"] = data["dic"] == "true"
+            for fact in ("fwb", "dic"):  # host CPU facts every kvm backing reports (true/false/unknown)
+                if report[fact] is None and data.get(fact) in ("true", "false"):
+                    report[fact] = data[fact] == "true"
             save()
         if not args.probes_only:
             for backing in [b for b in backings if b in FAST_BY_BACKING or not b.startswith(NEEDS_MODULE)]:

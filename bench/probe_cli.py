@@ -8,7 +8,8 @@ import termios
 
 from bench import kernels, memtypes, metadata
 from bench.errors import UserError
-from bench.probe import NOT_MODELLED, Outcome, footnotes, infer_class, probe_mapping, probes
+from bench.outcomes import NOT_MODELLED, Outcome, infer_class, probes
+from bench.probe import footnotes, probe_mapping
 from bench.runner import stage2_of
 from bench.targets import open_target
 

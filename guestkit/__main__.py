@@ -1,4 +1,4 @@
-"""`python -m guestkit <command>`: deps, run."""
+"""`python -m guestkit <command>` (L0): deps, run, kmod, lab."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bench.errors import UserError
 from bench.units import parse_size
-from guestkit import kvmhost
+from guestkit.lab import l0_hostboot as hostboot
 from guestkit.qemu import ARCHES, get_arch
 
 
@@ -74,7 +74,7 @@ def cmd_run(argv: list[str]) -> int:
     kernel = _kernel(arch, args.kernel, args.kvm_host)
     extra, setup = {}, []
     if args.kvm_host:
-        job = kvmhost.host_job(kernel, bind_ivshmem=bool(size))
+        job = hostboot.host_job(kernel, bind_ivshmem=bool(size))
         extra.update(job.files)
         setup += job.setup
     if args.kmod:
@@ -82,7 +82,7 @@ def cmd_run(argv: list[str]) -> int:
 
         extra["dmattr.ko"] = kmod.build(arch, kernel.version if kernel else guest_kernel(arch)).read_bytes()
         setup.append(["insmod", "/dmtbench/dmattr.ko"])
-    memory = args.memory or (kvmhost.MEMORY_MB if args.kvm_host else 1024)
+    memory = args.memory or (hostboot.MEMORY_MB if args.kvm_host else 1024)
     try:
         return launch.run(arch, command, accel=accel, timeout=args.timeout, results=args.results,
                           machine=args.machine or f"qemu-{arch.name}-{accel}", ivshmem_file=shm_file,
@@ -126,7 +126,7 @@ def guest_kernel(arch) -> str:
 
 
 def cmd_lab(argv: list[str]) -> int:
-    from guestkit import lab
+    from guestkit.lab import l0_command as lab
 
     return lab.main(argv)
 

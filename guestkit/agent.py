@@ -1,4 +1,4 @@
-"""The guest side of guestkit (runs as /init's child in the guest, standard library only).
+"""In the guest (L1 or L2): guestkit's agent, /init's child (standard library only).
 
 Runs the job's command in /dmtbench, forwards its output to the console (each line tagged
 with the stream it came from, so the host can give the command's stdout back byte for byte

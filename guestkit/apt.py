@@ -1,4 +1,4 @@
-"""Debian packages for guestkit: the host's own apt (QEMU, cross compiler) and, for the
+"""L0: Debian packages for guestkit: the host's own apt (QEMU, cross compiler) and, for the
 guest, packages of another architecture downloaded with apt into our cache without
 touching the host's dpkg (no dpkg --add-architecture).
 

@@ -1,4 +1,4 @@
-"""A writer for the Linux initramfs format (cpio "newc"), so images need no cpio binary."""
+"""L0: A writer for the Linux initramfs format (cpio "newc"), so images need no cpio binary."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""`python -m guestkit deps`: everything the guest path needs, from Debian's packages.
+"""L0: `python -m guestkit deps`: everything the guest path needs, from Debian's packages.
 
 Host: QEMU >= 9 (Debian 12 ships 7.2, which does not model Device alignment faults, so
 it comes from bookworm-backports) and the cross compiler.  Guest: the Debian kernel and

@@ -1,4 +1,4 @@
-"""Guest images: a cached base initramfs (busybox + Debian's python3, extracted from the
+"""L0: Guest images: a cached base initramfs (busybox + Debian's python3, extracted from the
 guest architecture's .debs) and a small per-run overlay with the suite and the job.
 
 Why an initramfs and not a rootfs disk: the guest needs no virtio or filesystem modules

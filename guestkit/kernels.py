@@ -1,4 +1,4 @@
-"""Debian kernels for guests and emulated KVM hosts: name -> package -> cached Image + modules.
+"""L0: Debian kernels for guests and emulated KVM hosts: name -> package -> cached Image + modules.
 
 A kernel is named by a Debian version (`6.1.0-56-arm64`, `6.12.95+deb12-arm64`), by a
 series (`6.1`, `6.12`: the newest version of that series the configured archive offers,

@@ -1,4 +1,4 @@
-"""Build the dmattr module (guestkit/kmod/) against a Debian kernel's headers.
+"""L0: Build the dmattr module (guestkit/kmod/) against a Debian kernel's headers.
 
 `python -m guestkit kmod build --kernel 6.1.0-56-arm64 [--arch arm64]` (or a series:
 `--kernel 6.12`, the newest 6.12 in bookworm-backports) downloads that kernel's headers

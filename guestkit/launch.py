@@ -1,4 +1,4 @@
-"""`python -m guestkit run`: boot a guest, run one command, bring results/ back.
+"""L0: `python -m guestkit run`: boot a guest, run one command, bring results/ back.
 
 Reads the console line by line.  The command's stdout comes back on our stdout exactly as
 the command printed it (so `guestkit run -- cmd --json > f.json` gives a JSON file); its

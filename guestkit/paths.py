@@ -1,4 +1,4 @@
-"""Where guestkit keeps downloads and built images (outside the repository)."""
+"""L0: Where guestkit keeps downloads and built images (outside the repository)."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""QEMU command lines, built as argv lists (never a shell string), one class per arch."""
+"""L0: QEMU command lines, built as argv lists (never a shell string), one class per arch."""
 from __future__ import annotations
 
 import os

@@ -13,7 +13,7 @@ import pytest
 
 from bench import kvmbuild, kvmpolicy, memtypes, probe_cli
 from bench.errors import UserError
-from bench.probe import Outcome, Probe
+from bench.outcomes import Outcome, Probe
 from bench.targets import kvm, kvmvm, vfio
 from conftest import assert_one_line_error, run_cli
 
@@ -285,27 +285,3 @@ def test_host_checks_are_one_line(tmp_path):
     assert "--kvm-host" in str(exc.value) and "\n" not in str(exc.value)
 
 
-def test_lab_table_predicts_and_shows_a_refused_memslot():
-    from guestkit import labtable
-
-    sid = "7.2.13+deb14-arm64"
-    for probe in ("load8", "load8-unaligned", "dc-zva"):
-        assert labtable.predicted(sid, "kmod-normal", "normal", probe, False) == "refused"  # no FWB: no memslot
-    assert labtable.predicted(sid, "kmod-normal", "normal", "store8-unaligned", True) == "ok"
-    assert labtable.predicted(sid, "kmod-normal-nc", "normal", "store8-unaligned", True) == "killed"
-    assert labtable.predicted("6.12.95+deb12-arm64", "kmod-normal", "normal-nc", "load8-unaligned", True) == "killed"
-
-    def report(fwb: bool) -> labtable.HostReport:
-        outcomes = tuple({"backing": "kmod-normal", "attr": "normal", "probe": p, "result": "refused",
-                          "code": kvmvm.refusal(22, 0)} for p in labtable.UNALIGNED)
-        return labtable.HostReport(sid, "payload", fwb, outcomes, {})
-
-    assert labtable.cells(report(False)) == {("kmod-normal", "normal"): ("refused", "refused")}
-    assert not labtable.mismatches([report(False)])
-    assert labtable.mismatches([report(True)]) == [
-        f"{sid} payload kmod-normal normal: observed refused, KVM policy predicts normal"]
-    text = labtable.table([report(False)] * 3)
-    assert "refused = KVM refused the memslot" in " ".join(text.splitlines())
-    assert max(map(len, text.splitlines())) <= labtable.WIDTH
-    head, row = text.splitlines()[:2]  # the widest backing name keeps the columns aligned
-    assert row.split()[:2] == ["kmod-normal", "normal"] and head.index("stage-1 attr") == row.index(" normal") + 1

@@ -12,7 +12,7 @@ import pyperf
 import pytest
 
 from bench import kvmpolicy, memtypes
-from bench.probe import Probe
+from bench.outcomes import Probe
 from bench.targets.kvm import expected_outcome
 from conftest import run_cli
 

@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from bench import kernels, plan, probe, probe_cli
+from bench import kernels, outcomes, plan, probe, probe_cli
 from bench.errors import UserError
-from bench.probe import Outcome
+from bench.outcomes import Outcome
 from bench.targets import open_target
 
 
@@ -32,7 +32,7 @@ def test_failed_store_exclusive_is_its_own_outcome():
         os._exit(probe._EXIT_STXR_FAIL)
     _, status = os.waitpid(pid, 0)
     assert probe.decode(status, b"") == ("stxr-fail", f"STXR status 1 in all {probe.EXCL_TRIES} tries")
-    assert "stxr-fail" in probe.__doc__
+    assert "stxr-fail" in outcomes.__doc__
 
 
 def test_dc_zva_expects_alignment_fault_on_device_for_arm64(monkeypatch):

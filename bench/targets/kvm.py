@@ -29,7 +29,7 @@ from pathlib import Path
 from bench import kernels, kvmpolicy, memtypes
 from bench.errors import UserError
 from bench.plan import Case
-from bench.probe import EXCL_TRIES, STXR_FAIL, Outcome, Probe, probes
+from bench.outcomes import EXCL_TRIES, STXR_FAIL, Outcome, Probe, probes
 from bench.targets import vfio
 from bench.targets.base import Availability, Mapping, Target, map_memory
 from bench.targets.kmod import KmodTarget, device_path

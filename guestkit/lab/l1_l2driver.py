@@ -1,9 +1,11 @@
-"""The stage-2 lab's linux guest, inside the emulated KVM host (L1): boot Debian L2 guests
+"""L1: boot Debian L2 guests under QEMU/KVM with the BAR passed through, run `bench probe` there.
+
+The stage-2 lab's linux guest, inside the emulated KVM host (L1): boot Debian L2 guests
 under QEMU/KVM with the ivshmem BAR passed through (vfio-pci), run `bench probe` through
 the pci target there, and survive the host's KVM killing the VM.
 
-Runs as `python3 -m guestkit.l2driver [--probes-only] [--probe NAME]...` in L1, from the
-files guestkit.l2linux put under /dmtbench/l2 (standard library, bench and guestkit only).
+Runs as `python3 -m guestkit.lab.l1_l2driver [--probes-only] [--probe NAME]...` in L1, from the
+files guestkit.lab.l0_l2image put under /dmtbench/l2 (standard library, bench and guestkit only).
 `bench probe --progress` names each probe before it runs and reports it after, so when
 QEMU says `kvm run failed` (KVM_RUN returned -EFAULT: a stage-2 fault KVM cannot handle;
 QEMU then pauses the VM for ever) guestkit.launch kills QEMU, the running probe is
@@ -31,15 +33,15 @@ from pathlib import Path
 from bench import kvmpolicy, metadata
 from bench import results as bench_results
 from bench.errors import UserError
-from bench.probe import probes
+from bench.outcomes import probes
 from guestkit import launch
 from guestkit.cpio import CpioWriter
-from guestkit.labhost import FAST_SIZE, FAST_WORKLOADS, kernel_log
+from guestkit.lab.l1_runner import FAST_SIZE, FAST_WORKLOADS, kernel_log
 from guestkit.qemu import GuestConfig, get_arch
 
 ROOT = Path("/dmtbench")
 L2 = ROOT / "l2"
-BDF = "0000:00:01.0"  # ivshmem: bound to vfio-pci in L1 (guestkit.kvmhost), the same address in L2
+BDF = "0000:00:01.0"  # ivshmem: bound to vfio-pci in L1 (guestkit.lab.l0_hostboot), the same address in L2
 TARGET = f"pci:{BDF}/2"
 ATTRS = ("device-ngnre", "normal-nc")  # what the pci target gives: resource2 and resource2_wc
 BACKING = "vfio"
@@ -311,7 +313,7 @@ def prepare() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m guestkit.l2driver", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python3 -m guestkit.lab.l1_l2driver", description=__doc__.splitlines()[0])
     p.add_argument("--probes-only", action="store_true", help="no --fast run in the L2")
     p.add_argument("--probe", action="append", default=[], help="probe name (repeatable; default: all)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not forward the L2 console to stderr")

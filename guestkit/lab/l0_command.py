@@ -1,7 +1,7 @@
-"""`python -m guestkit lab`: what each host kernel's KVM gives a guest, side by side.
+"""L0: `python -m guestkit lab`: boot each host kernel, collect what its KVM gives a guest, print the table.
 
-For each host kernel: one boot of the emulated arm64 KVM host (guestkit.kvmhost) with the
-ivshmem BAR bound to vfio-pci, where guestkit.labhost runs every case of that kernel
+For each host kernel: one boot of the emulated arm64 KVM host (guestkit.lab.l0_hostboot) with the
+ivshmem BAR bound to vfio-pci, where guestkit.lab.l1_runner runs every case of that kernel
 (probes for the backings vfio, sysfs and ram under all seven stage-1 attributes, and the
 `--fast` runs).  Results come home under results/<machine>/; then one table across
 kernels, each cell checked against the KVM-policy prediction (bench.kvmpolicy).
@@ -20,7 +20,8 @@ import pyperf
 
 from bench import kvmpolicy
 from bench.errors import UserError
-from guestkit import deps, kernels, kvmhost, labtable, launch
+from guestkit import deps, kernels, launch
+from guestkit.lab import l0_hostboot as hostboot, l0_table as table
 from guestkit.qemu import get_arch
 
 MACHINE = "qemu-arm64-kvmhost"
@@ -70,28 +71,28 @@ class Console:
 
 
 def host_argv(guest: str, probes_only: bool, probes: tuple[str, ...] = ()) -> list[str]:
-    """The command the emulated host runs (guestkit.labhost for the payload mode)."""
+    """The command the emulated host runs (guestkit.lab.l1_runner for the payload mode)."""
     if guest == "linux":
-        from guestkit import l2linux
+        from guestkit.lab import l0_l2image as l2image
 
-        return l2linux.host_argv(probes_only, probes)
-    return ["python3", "-m", "guestkit.labhost", "--mode", guest, *(["--probes-only"] if probes_only else []),
+        return l2image.host_argv(probes_only, probes)
+    return ["python3", "-m", "guestkit.lab.l1_runner", "--mode", guest, *(["--probes-only"] if probes_only else []),
             *[f"--probe={p}" for p in probes]]
 
 
-def run_host(kernel: kernels.Kernel, args) -> tuple[labtable.HostReport, int]:
+def run_host(kernel: kernels.Kernel, args) -> tuple[table.HostReport, int]:
     """Boot one host kernel, run its cases; (report, exit code: 0, 124 on timeout, 3 on failure)."""
     arch = get_arch("arm64")
-    job = kvmhost.host_job(kernel, bind_ivshmem=True)
-    files, setup, memory = dict(job.files), list(job.setup), kvmhost.MEMORY_MB
+    job = hostboot.host_job(kernel, bind_ivshmem=True)
+    files, setup, memory = dict(job.files), list(job.setup), hostboot.MEMORY_MB
     module = module_files(kernel)
     files.update(module)
     if "dmattr.ko" in module:
         setup.append(["insmod", "/dmtbench/dmattr.ko"])
     if args.guest == "linux":
-        from guestkit import l2linux
+        from guestkit.lab import l0_l2image as l2image
 
-        extra = l2linux.linux_job(kernel)
+        extra = l2image.linux_job(kernel)
         files.update(extra.files)
         setup += extra.setup
         memory = extra.memory_mb
@@ -126,19 +127,19 @@ def module_files(kernel: kernels.Kernel) -> dict[str, bytes]:
         return {"dmattr.unavailable": f"dmattr could not be built for {kernel.version}: {exc}".encode()}
 
 
-def read_report(version: str, guest: str, files: list[Path], error: str) -> labtable.HostReport:
+def read_report(version: str, guest: str, files: list[Path], error: str) -> table.HostReport:
     """The host's probe file and fast-run files, as a HostReport."""
     probes = [p for p in files if p.name.endswith("-probes.json")]
     if not probes:
-        return labtable.HostReport(version, guest, None, (), {}, error or "the host sent no probe results")
+        return table.HostReport(version, guest, None, (), {}, error or "the host sent no probe results")
     data = json.loads(probes[-1].read_text())
     medians = {}
     for path in files:
         backing = next((b for b in kvmpolicy.BACKINGS if path.stem.endswith(f"-{guest}-{b}")), None)
         if backing and not path.name.endswith("-probes.json"):
-            medians.update(labtable.medians_of(pyperf.BenchmarkSuite.load(str(path)).get_benchmarks(), backing))
+            medians.update(table.medians_of(pyperf.BenchmarkSuite.load(str(path)).get_benchmarks(), backing))
     why = error or _host_problem(data)
-    return labtable.HostReport(data["host_kernel"], guest, data.get("fwb"), tuple(data["outcomes"]), medians, why,
+    return table.HostReport(data["host_kernel"], guest, data.get("fwb"), tuple(data["outcomes"]), medians, why,
                                data.get("dic"))
 
 
@@ -169,20 +170,20 @@ def main(argv: list[str]) -> int:
     return 124 if 124 in codes else max(codes)
 
 
-def print_reports(reports: list[labtable.HostReport], as_json: bool, wall: float) -> None:
-    bad = labtable.mismatches(reports)
+def print_reports(reports: list[table.HostReport], as_json: bool, wall: float) -> None:
+    bad = table.mismatches(reports)
     if as_json:
         hosts = [{"host_kernel": r.kernel, "guest": r.guest, "fwb": r.fwb, "dic": r.dic, "error": r.error}
                  for r in reports]
         print(json.dumps({"hosts": hosts,
-                          "outcomes": [o for r in reports for o in labtable.with_predictions(r)],
+                          "outcomes": [o for r in reports for o in table.with_predictions(r)],
                           "mismatches": bad, "medians": {r.kernel: r.medians for r in reports},
                           "emulated": True, "seconds": round(wall, 1)}, indent=1))
         return
-    print(labtable.table(reports))
+    print(table.table(reports))
     for line in bad:
         print(f"MISMATCH {line}")
-    ratio = labtable.ratios(reports)
+    ratio = table.ratios(reports)
     if ratio:
         print()
         print(ratio)

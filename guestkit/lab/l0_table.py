@@ -1,4 +1,6 @@
-"""The stage-2 lab's verdicts: each observed outcome against the KVM-policy prediction,
+"""L0: the lab's verdicts (observed vs KVM-policy prediction), its cross-kernel table and timing ratios.
+
+The stage-2 lab's verdicts: each observed outcome against the KVM-policy prediction,
 the cross-kernel table (at most 100 columns) and the timing ratios between kernels.
 
 A cell is the effective class the unaligned probes observed for one backing and stage-1

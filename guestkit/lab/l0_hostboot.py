@@ -1,4 +1,4 @@
-"""The emulated arm64 KVM host (stage-2 lab level L1): what its boot adds to a guest job.
+"""L0: what an emulated arm64 KVM host's (L1) boot adds to a guest job: VFIO modules, the vfio-pci bind.
 
 The Debian kernel boots at EL2 under TCG (see qemu.Arm64.machine_args) and so has
 /dev/kvm.  For the `kvm` target it also needs VFIO: the modules (shipped as files in the

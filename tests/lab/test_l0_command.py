@@ -1,53 +1,11 @@
-"""The stage-2 lab: predictions from the KVM-policy table, the cross-kernel table and its
-mismatch marks (no boot), and the real lab over two emulated host kernels (guest)."""
+"""guestkit.lab.l0_command (L0): the real lab over emulated host kernels (guest), a hung
+host, a host without KVM, and bad input."""
 import json
 
 import pytest
 
-from bench import memtypes
 from conftest import assert_one_line_error, run_cli
-from guestkit import labtable
-from guestkit.labtable import HostReport
-
-UNALIGNED = labtable.UNALIGNED
-
-
-def _report(kernel: str, results: dict[tuple[str, str], str], fwb=True) -> HostReport:
-    outcomes = tuple({"backing": b, "attr": a, "probe": p, "result": r, "code": ""}
-                     for (b, a), r in results.items() for p in UNALIGNED)
-    return HostReport(kernel, "payload", fwb, outcomes, {})
-
-
-def test_predictions_follow_the_policy_eras():
-    # Stage 1 Device faults in the guest on every kernel and backing.
-    for kernel in ("6.1.0-56-arm64", "6.12.117+deb12-arm64"):
-        for backing in ("vfio", "sysfs", "ram"):
-            assert labtable.predicted(kernel, backing, "device-ngnre", "load8-unaligned", True) == "fault"
-    # A Normal stage 1 over a vfio BAR: killed before 6.9 (stage-2 Device), ok after (Normal-NC).
-    assert labtable.predicted("6.1.0-56-arm64", "vfio", "normal-nc", "store8-unaligned", True) == "killed"
-    assert labtable.predicted("6.12.117+deb12-arm64", "vfio", "normal-nc", "store8-unaligned", True) == "ok"
-    assert labtable.predicted("6.12.117+deb12-arm64", "sysfs", "normal", "load8-unaligned", False) == "killed"
-    assert labtable.predicted("6.1.0-56-arm64", "ram", "normal-wt", "load8-unaligned", True) == "ok"
-    assert labtable.predicted("6.1.0-56-arm64", "ram", "normal", "dc-zva", True) is None
-
-
-def test_table_marks_a_kernel_that_disagrees():
-    good = {("vfio", a): ("fault" if memtypes.get(a).device else "killed") for a in memtypes.names()}
-    odd = {**good, ("vfio", "normal-nc"): "ok"}  # a 6.1 host that behaved like 6.9+
-    reports = [_report("6.1.0-56-arm64", good), _report("6.1.0-57-arm64", odd)]
-    text = labtable.table(reports)
-    assert max(map(len, text.splitlines())) <= labtable.WIDTH
-    row = next(line for line in text.splitlines() if line.startswith("vfio    normal-nc"))
-    assert row.split()[2:] == ["killed", "normal!killed"]
-    assert labtable.mismatches(reports) == [
-        "6.1.0-57-arm64 payload vfio normal-nc: observed normal, KVM policy predicts killed"]
-
-
-def test_json_outcomes_carry_kernel_guest_and_prediction():
-    (o, _) = labtable.with_predictions(_report("6.12.117+deb12-arm64", {("sysfs", "normal"): "killed"}))
-    assert {k: o[k] for k in ("host_kernel", "guest", "backing", "attr", "result", "predicted")} == {
-        "host_kernel": "6.12.117+deb12-arm64", "guest": "payload", "backing": "sysfs", "attr": "normal",
-        "result": "killed", "predicted": "killed"}
+from guestkit.lab import l0_table as table
 
 
 def test_unknown_host_kernel_is_one_line(guest_ready):
@@ -73,7 +31,7 @@ def test_payload_lab_shows_the_three_eras(guest_ready, tmp_path):
     data = _lab(tmp_path)
     out = _results(data, "payload")
     sid = next(k for k in {k[0] for k in out} if k not in ("6.1", "6.12"))
-    for probe in UNALIGNED:
+    for probe in table.UNALIGNED:
         # 6.9: vfio-pci BARs Normal-NC at stage 2.
         assert out["6.1", "vfio", "normal-nc", probe]["result"] == "killed"
         assert out["6.12", "vfio", "normal-nc", probe]["result"] == "ok"
@@ -88,7 +46,7 @@ def test_payload_lab_shows_the_three_eras(guest_ready, tmp_path):
     killed = out["6.1", "vfio", "normal-nc", "load8-unaligned"]
     assert "Unsupported FSC" in killed["code"]  # the host kernel's own log line says why
     assert data["mismatches"] == [] and all(h["error"] == "" for h in data["hosts"])
-    assert all(o["predicted"] in (None, o["result"]) for o in data["outcomes"] if o["probe"] in UNALIGNED)
+    assert all(o["predicted"] in (None, o["result"]) for o in data["outcomes"] if o["probe"] in table.UNALIGNED)
     homes = list((tmp_path / "qemu-arm64-kvmhost").glob("*-payload-probes.json"))
     assert len(homes) == 3 and all(json.loads(p.read_text())["emulated"] for p in homes)
 
@@ -105,7 +63,7 @@ def test_host_without_fwb_refuses_the_cacheable_memslot(guest_ready, tmp_path):
 
 
 def test_host_without_kvm_is_reported_not_hidden():
-    from guestkit import lab
+    from guestkit.lab import l0_command as lab
 
     assert "no /dev/kvm" in lab._host_problem({"kvm": False})
     assert lab._host_problem({"kvm": True, "backings": {"vfio": {"error": "not bound"}, "ram": {}}}) == "vfio: not bound"

@@ -1,6 +1,6 @@
-"""The stage-2 lab's linux guest: the inner QEMU's library closure (checked against readelf
-and the real Debian packages), bench probe's --progress lines as the L1 driver reads them,
-kill detection on a process that behaves like a paused QEMU, and one real nested boot."""
+"""guestkit.lab.l1_l2driver (L1): bench probe's --progress lines as the driver reads them,
+kill detection on a process that behaves like a paused QEMU, restarts on scripted L2s,
+and one real nested boot."""
 import json
 import shutil
 import subprocess
@@ -11,49 +11,12 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from guestkit import l2driver, l2linux, launch
+from guestkit import launch
+from guestkit.lab import l1_l2driver as l2driver
 from guestkit.cpio import CpioWriter
 from guestkit.qemu import get_arch
 
 ARM64 = get_arch("arm64")
-
-
-def _readelf_needed(path: Path) -> list[str]:
-    out = subprocess.run(["readelf", "-d", str(path)], capture_output=True, text=True, check=True).stdout
-    return [line.split("[", 1)[1].rstrip("]") for line in out.splitlines() if "(NEEDED)" in line]
-
-
-@pytest.mark.skipif(shutil.which("readelf") is None, reason="needs binutils' readelf")
-def test_dt_needed_agrees_with_readelf():
-    for path in (Path(sys.executable).resolve(), Path(subprocess.__file__).parent / "lib-dynload"):
-        files = [path] if path.is_file() else sorted(path.glob("_ssl*.so"))[:1]
-        for f in files:
-            assert l2linux.dt_needed(f.read_bytes()) == _readelf_needed(f)
-    with pytest.raises(ValueError):
-        l2linux.dt_needed(b"#!/bin/sh\n")
-
-
-def test_depends_closure_drops_virtual_packages():
-    text = "qemu-system-arm\n  Depends: libc6\n  Depends: <libgl1>\nlibc6\n  Depends: libgcc-s1\n<virtual-pkg>\nlibgcc-s1\n"
-    assert l2linux.depends_closure(text) == ["libc6", "libgcc-s1", "qemu-system-arm"]
-
-
-@pytest.mark.skipif(shutil.which("readelf") is None, reason="needs binutils' readelf")
-def test_inner_qemu_ships_exactly_the_missing_libraries(guest_ready, tmp_path):
-    qroot = l2linux.inner_qemu(ARM64)
-    binary = qroot / "bin" / "qemu-system-aarch64"
-    shipped = {p.name for p in (qroot / "lib").iterdir()}
-    assert l2linux.dt_needed(binary.read_bytes()) == _readelf_needed(binary)
-    # The base image's libraries (python's own) are never shipped twice ...
-    assert not shipped & {"libc.so.6", "libm.so.6", "libz.so.1", "libssl.so.3", "libffi.so.8", "libgcc_s.so.1"}
-    # ... and the closure is closed: everything anything shipped needs is shipped or in the base.
-    debs = [d for d in (l2linux.arch_cache("arm64") / "apt" / "debs").glob("*.deb")
-            if d.name.split("_")[0] in l2linux.image.GUEST_PKGS]
-    l2linux.image.extract(debs, tmp_path)
-    for f in [binary, *(qroot / "lib").iterdir()]:
-        for name in _readelf_needed(f):
-            assert name in shipped or l2linux.find_lib(name, [tmp_path]), (f.name, name)
-    assert "libglib-2.0.so.0" in shipped and "libfdt.so.1" in shipped
 
 
 def test_progress_lines_give_every_outcome_as_it_happens(tmp_path):

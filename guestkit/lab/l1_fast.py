@@ -1,4 +1,4 @@
-"""The lab's `--fast` timings, in one process per backing (runs inside the emulated host).
+"""L1: the lab's `--fast` timings, in one process per backing, inside the emulated KVM host.
 
 Why not `bench run`: under TCG a Python process in the emulated host takes about 3 s to
 start and import the suite, and pyperf spends two or more processes on every case

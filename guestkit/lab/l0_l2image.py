@@ -1,12 +1,14 @@
-"""The stage-2 lab's `--guest linux` mode, host side: what the emulated KVM host (L1) needs
+"""L0: the files the emulated KVM host (L1) needs to boot a full Debian guest (L2), `--guest linux`.
+
+The stage-2 lab's `--guest linux` mode, host side: what the emulated KVM host (L1) needs
 to boot a full Debian guest (L2) under QEMU/KVM with the ivshmem BAR passed through.
 
 L1 gets, as extra files under /dmtbench/l2/: an arm64 `qemu-system-aarch64` (Debian
 bookworm's 7.2, the version the prototype ran) with only the shared libraries it needs
 that L1's own base image lacks (DT_NEEDED closure), the guest kernel Image, and the L2
 initramfs: the same base image plus the same suite overlay a `guestkit run` guest gets,
-whose job.json guestkit.l2driver rewrites before each L2 boot.  L1 then runs
-`python3 -m guestkit.l2driver` (see host_argv), which boots the L2s and writes the results.
+whose job.json guestkit.lab.l1_l2driver rewrites before each L2 boot.  L1 then runs
+`python3 -m guestkit.lab.l1_l2driver` (see host_argv), which boots the L2s and writes the results.
 
 Run it with `python -m guestkit lab --guest linux [--host-kernel V]... [--probes-only]`.
 """
@@ -175,6 +177,6 @@ def linux_job(kernel: kernels.Kernel | None = None, l2_kernel: Path | None = Non
 
 
 def host_argv(probes_only: bool, probes: tuple[str, ...] = ()) -> list[str]:
-    """The command L1 runs: guestkit.l2driver (see its docstring)."""
-    return ["python3", "-m", "guestkit.l2driver", *(["--probes-only"] if probes_only else []),
+    """The command L1 runs: guestkit.lab.l1_l2driver (see its docstring)."""
+    return ["python3", "-m", "guestkit.lab.l1_l2driver", *(["--probes-only"] if probes_only else []),
             *[f"--probe={p}" for p in probes]]

@@ -1,6 +1,6 @@
-"""The stage-2 lab, inside one emulated KVM host (L1): run every case of that host's boot.
+"""L1: the lab's runner inside one emulated KVM host: every case (probes, timings) of that boot.
 
-Runs as `python3 -m guestkit.labhost --mode payload [--probes-only]` in L1 (standard
+Runs as `python3 -m guestkit.lab.l1_runner --mode payload [--probes-only]` in L1 (standard
 library and bench only).  For each backing it runs `bench probe` through the `kvm` target
 (all seven stage-1 attributes) and, unless --probes-only, a `--fast` run of the lab's
 workloads; it writes one JSON file of outcomes, tagged with this host's kernel, under
@@ -24,7 +24,7 @@ from bench import kvmpolicy, memtypes, metadata
 from bench import results as bench_results
 from bench.errors import UserError
 
-BDF = "0000:00:01.0"  # the ivshmem device guestkit.kvmhost binds to vfio-pci
+BDF = "0000:00:01.0"  # the ivshmem device guestkit.lab.l0_hostboot binds to vfio-pci
 BAR = 2
 # Every backing the kvm target has: its BAR through vfio-pci, sysfs resourceN and the
 # dmattr module (kmod-*: the GPU-memory stand-in), and plain RAM.
@@ -63,14 +63,14 @@ def probe_backing(backing: str, attrs: list[str], probes: list[str]) -> dict:
 
 
 def fast_run(backing: str, results: Path, label: str) -> dict:
-    """The lab's `--fast` timings through one backing, in this process (guestkit.labfast
+    """The lab's `--fast` timings through one backing, in this process (guestkit.lab.l1_fast
     says why); its pyperf file lands in results/."""
-    from guestkit import labfast  # imports pyperf and the runner: only when timing
+    from guestkit.lab import l1_fast as fast  # imports pyperf and the runner: only when timing
 
     t0 = time.monotonic()
     try:
         workloads = FAST_BY_BACKING.get(backing, FAST_WORKLOADS)
-        dest, failed = labfast.run_backing(TARGETS[backing], list(FAST_ATTRS), list(workloads), FAST_SIZE,
+        dest, failed = fast.run_backing(TARGETS[backing], list(FAST_ATTRS), list(workloads), FAST_SIZE,
                                            label, results)
     except Exception as exc:  # one backing's failure must not lose the others
         return {"backing": backing, "seconds": time.monotonic() - t0, "file": None, "failed": [f"{exc}"]}
@@ -96,7 +96,7 @@ def outcomes_of(backing: str, data: dict) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m guestkit.labhost")
+    p = argparse.ArgumentParser(prog="python3 -m guestkit.lab.l1_runner")
     p.add_argument("--mode", default="payload", choices=["payload"])
     p.add_argument("--probes-only", action="store_true")
     p.add_argument("--backing", action="append", default=[], choices=list(TARGETS))

@@ -22,12 +22,14 @@ COMMANDS = {
 
 
 def cmd_list(argv: list[str]) -> int:
-    from bench import kernels
+    from bench import kernels, plan
     from bench.units import format_size
 
     argparse.ArgumentParser(prog="python -m bench list").parse_args(argv)
     for k in kernels.registry().values():
-        params = "; ".join(f"{p.name}={'|'.join(p.values)} (default {p.default})" for p in k.params) or "-"
+        # The default shown is the one a run uses here (the widest width this CPU has).
+        params = "; ".join(f"{p.name}={'|'.join(p.values)} (default {plan.default_value(k, p.name)})"
+                           for p in k.params) or "-"
         rw = "".join(c for c, on in (("R", k.reads), ("W", k.writes)) if on)
         size = f"size (default {format_size(k.default_size)})" if k.sized else "no size"
         print(f"{k.name:<10} {k.kind:<9} {k.unit:<4} {rw:<2} {params}; {size}\n{'':<10} {k.doc}")

@@ -166,7 +166,21 @@ def lib() -> ctypes.CDLL:
     so.dmt_prefault.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int]
     so.dmt_prefault.restype = ctypes.c_uint64
     so.dmt_width_supported.argtypes = [ctypes.c_uint32]
+    so.dmt_set_max_width.argtypes = [ctypes.c_uint32]
+    so.dmt_set_max_width(max_width_cap())
     return so
+
+
+MAX_WIDTH_ENV = "DMT_MAX_WIDTH"
+
+
+def max_width_cap() -> int:
+    """$DMT_MAX_WIDTH: the widest access width the library may use (default 64, i.e. what
+    the CPU has); 32 makes an AVX-512 machine behave as an AVX2-only one, 16 as SSE2."""
+    raw = os.environ.get(MAX_WIDTH_ENV, "64")
+    if raw not in ("8", "16", "32", "64"):
+        raise UserError(f"{MAX_WIDTH_ENV}={raw}: use 8, 16, 32 or 64 (bytes), or unset it")
+    return int(raw)
 
 
 @cache
@@ -197,8 +211,9 @@ def features() -> list[str]:
 
 def widest_width() -> int:
     """The widest access width this CPU supports (64 with AVX-512 or on arm64)."""
-    return max(w for w in (8, 16, 32, 64) if lib().dmt_width_supported(w) == 0)
+    return max(w for w in (8, 16, 32, 64) if width_supported(w))
 
 
 def width_supported(width: int) -> bool:
+    """Whether this CPU (under $DMT_MAX_WIDTH) can make accesses of `width` bytes."""
     return lib().dmt_width_supported(width) == 0

@@ -85,7 +85,8 @@ def select_kernels(names: list[str]) -> list[Kernel]:
     return [reg[n] for n in dict.fromkeys(names)]
 
 
-def _default_value(k: Kernel, name: str) -> str:
+def default_value(k: Kernel, name: str) -> str:
+    """The value a run uses for parameter `name` when none is given (widths follow the CPU)."""
     p = k.param(name)
     assert p is not None
     if name == "width" and not kernels.width_supported(int(p.default)):
@@ -97,7 +98,7 @@ def _default_value(k: Kernel, name: str) -> str:
 def _param_grid(k: Kernel, overrides: dict[str, list[str]]) -> list[tuple[tuple[str, str], ...]]:
     axes = []
     for p in k.params:
-        vals = overrides.get(p.name, [_default_value(k, p.name)])
+        vals = overrides.get(p.name, [default_value(k, p.name)])
         bad = [v for v in vals if v not in p.values]
         if bad:
             raise UserError(f"{k.name}: {p.name}={bad[0]} is not allowed; use one of {', '.join(p.values)}")
@@ -159,7 +160,9 @@ def _checked(case: Case) -> Case:
     # The kernel's own supported() decides (alignment, widths, ISA); 0x1000 is never touched.
     rc = kernels.lib().dmt_supported(case.kernel.index, case.args(buf=0x1000, ram=0x1000))
     if rc == -95:
-        raise UserError(f"{case.label}: this CPU lacks the instructions for it ({', '.join(kernels.features())}); pick a smaller width")
+        cap = kernels.max_width_cap()
+        why = f"${kernels.MAX_WIDTH_ENV}={cap} caps widths" if cap < 64 else f"this CPU has {', '.join(kernels.features())}"
+        raise UserError(f"{case.label}: width not available ({why}); pick a smaller width")
     if rc != 0:
         raise UserError(f"{case.label}: size or parameters rejected by the kernel (sizes must be multiples of 256 B, bursts <= size)")
     return case

@@ -348,6 +348,9 @@ def main(argv: list[str]) -> int:
     runner = make_runner()
     _refuse_existing_output(runner, argv)
     args = runner.parse_args(argv)
+    # pyperf gives workers a clean environment: ours (the width cap, a library, a fake
+    # sysfs tree) must reach them, or a worker would plan other cases than its manager.
+    args.inherit_environ = sorted({*(args.inherit_environ or ()), *(k for k in os.environ if k.startswith(("DMT_", "DMTBENCH_")))})
     target = open_target(args.target, args.allow_reads, args.allow_writes)
     attrs = [memtypes.canonical(a) for a in args.attr] or target.attrs()
     if not attrs:

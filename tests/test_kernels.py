@@ -9,6 +9,7 @@ import pytest
 from bench import kbuild, kernels, plan
 from bench.runner import CaseTimer
 from bench.targets import open_target
+from conftest import assert_one_line_error, run_cli
 
 EXPECTED = {"read-bw", "write-bw", "copy-to", "copy-from", "read-lat", "mmio-read", "wc-burst", "doorbell", "zero"}
 
@@ -61,8 +62,9 @@ def test_copy_to_keeps_every_byte_in_place(width, mode):
     assert _bytes(t, case.size) == src
 
 
-@pytest.mark.parametrize("width", ["8", "64"])
+@pytest.mark.parametrize("width", ["8", "widest"])
 def test_copy_to_and_from(width):
+    width = str(kernels.widest_width()) if width == "widest" else width  # what this CPU has
     case, t = _timer("copy-to", [f"width={width}"])
     ctypes.memset(t.ram.ptr, 0x33, case.size)
     t(1)
@@ -208,3 +210,14 @@ def test_selfcheck_chase_sides_run_and_agree_on_l2_sized_chains():
     assert 0.5 < ours / ref < 2, (ours, ref)
     assert "drand48" in selfcheck.CHASE_FINDING and selfcheck.spread([1.0, 1.5]) == 0.5
     assert "drand48(" not in (Path(selfcheck.__file__).with_name("reference") / "chase_ref.c").read_text()
+
+
+def test_width_cap_makes_this_cpu_a_narrower_one(tmp_path):
+    # $DMT_MAX_WIDTH=16: defaults, plans and the C library's own check all stop at 16 bytes.
+    env = {"DMT_MAX_WIDTH": "16"}
+    listed = run_cli("list", env=env)
+    assert "width=8|16|32|64 (default 16)" in listed.stdout.splitlines()[0], listed.stdout
+    proc = run_cli("run", "--workload", "read-bw", "--param", "width=32", "--size", "1MiB",
+                   "--results-dir", str(tmp_path), env=env)
+    assert_one_line_error(proc, 2, "read-bw[32B,1MiB]", "DMT_MAX_WIDTH=16")
+    assert_one_line_error(run_cli("list", env={"DMT_MAX_WIDTH": "24"}), 2, "DMT_MAX_WIDTH=24")

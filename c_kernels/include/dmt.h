@@ -73,6 +73,7 @@ enum dmt_feature {
 };
 extern uint32_t dmt_features;
 int dmt_width_supported(uint32_t width);
+void dmt_set_max_width(uint32_t width);
 uint64_t dmt_now_ns(void); /* the clock dmt_run reads (CLOCK_MONOTONIC) */
 
 /* Common checks shared by the kernels. */

@@ -67,6 +67,8 @@ def cmd_combine(argv: list[str]) -> int:
         kind = "Device" if eff.device else "Normal"
         print(f"{eff.stage1} (stage 1) + {eff.stage2} (stage 2{', FWB' if eff.fwb else ''}) -> {eff.effective} ({kind})")
         print(f"  because {eff.reason}")
+        if eff.qemu_note:
+            print(f"  note: {eff.qemu_note}")
     return 0
 
 

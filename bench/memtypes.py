@@ -1,7 +1,11 @@
 """The memory-attribute model: names, encodings and the stage-1 x stage-2 combine rules.
 
-Source of truth: Arm ARM (MAIR_ELx, stage-2 MemAttr with and without FEAT_S2FWB) as
-implemented by QEMU target/arm/ptw.c combined_attrs_nofwb / combined_attrs_fwb.
+Source of truth: the Arm ARM (MAIR_ELx, stage-2 MemAttr with and without FEAT_S2FWB) and
+its ASL: AArch64.S2ApplyFWBMemAttrs takes, for a stage-2 Device MemAttr (MemAttr[2] == 0)
+over a stage-1 Device type, S2CombineS1Device(s1, s2): the more restrictive Device type.
+QEMU target/arm/ptw.c (combined_attrs_nofwb / combined_attrs_fwb) agrees everywhere but
+there: its `case 0 ... 3` returns the stage-2 subtype whatever stage 1 said.  Effective.qemu
+records what QEMU gives, so the one difference can be named where it shows.
 """
 from __future__ import annotations
 
@@ -66,6 +70,16 @@ class Effective:
     effective: str
     device: bool
     reason: str
+    qemu: str = ""          # what QEMU's TCG gives when it differs from the architecture, else ""
+
+    @property
+    def qemu_note(self) -> str:
+        """A footnote naming QEMU's difference, or '' where QEMU follows the architecture."""
+        if not self.qemu:
+            return ""
+        return (f"QEMU's TCG gives {self.qemu} here (target/arm/ptw.c combined_attrs_fwb returns the stage-2 "
+                f"Device subtype); the Arm ASL (S2ApplyFWBMemAttrs -> S2CombineS1Device) takes the more "
+                f"restrictive of the two Device types, {self.effective}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,7 +91,9 @@ def combine(stage1: str, stage2: str, fwb: bool = False) -> Effective:
     if s1 is AS_S1:
         raise UserError("as-s1 is a stage-2 (FWB) encoding, not a stage-1 attribute")
     eff, reason = _combine_fwb(s1, s2) if fwb else _combine_nofwb(s1, s2)
-    return Effective(s1.name, s2.name, fwb, eff.name, eff.device, reason)
+    # QEMU's combined_attrs_fwb `case 0 ... 3`: the stage-2 Device subtype, always.
+    qemu = s2.name if fwb and s2.device and eff is not s2 else ""
+    return Effective(s1.name, s2.name, fwb, eff.name, eff.device, reason, qemu)
 
 
 def _combine_nofwb(s1: MemAttr, s2: MemAttr) -> tuple[MemAttr, str]:
@@ -93,6 +109,12 @@ def _combine_nofwb(s1: MemAttr, s2: MemAttr) -> tuple[MemAttr, str]:
 def _combine_fwb(s1: MemAttr, s2: MemAttr) -> tuple[MemAttr, str]:
     if s2.fwb is None:
         raise UserError(f"stage-2 {s2.name} cannot be encoded with FEAT_S2FWB (use normal-nc, normal or as-s1)")
+    if s2.device and s1.device:
+        # S2CombineS1Device: the more restrictive Device type of the two.
+        winner = s1 if s1.rank > s2.rank else s2
+        side = "stage 1" if winner is s1 and s1 is not s2 else "stage 2"
+        return winner, (f"FWB MemAttr {s2.fwb} (Device) over a stage-1 Device type: the more restrictive "
+                        f"Device type wins: {side} ({winner.name})")
     if s2.device:
         return s2, f"FWB MemAttr {s2.fwb}: stage 2 forces {s2.name}"
     if s2 is AS_S1:

@@ -45,8 +45,10 @@ FWB_S2 = ["device-ngnrne", "device-ngnre", "device-ngre", "device-gre", "normal-
 
 
 def fwb_expected(s1: str, s2: str) -> str:
+    if s2 in DEVICE and s1 in DEVICE:
+        return ORDER[min(ORDER.index(s1), ORDER.index(s2))]  # ASL S2CombineS1Device: more restrictive
     if s2 in DEVICE:
-        return s2  # MemAttr 0..3: that Device type
+        return s2  # MemAttr 0..3 under a Normal stage 1: that Device type
     if s2 == "normal-nc":
         return s1 if s1 in DEVICE else "normal-nc"  # 5: keeps a stage-1 Device type
     if s2 == "normal":
@@ -57,6 +59,29 @@ def fwb_expected(s1: str, s2: str) -> str:
 @pytest.mark.parametrize("s1,s2", list(itertools.product(ORDER, FWB_S2)))
 def test_fwb_rules(s1, s2):
     assert memtypes.combine(s1, s2, fwb=True).effective == fwb_expected(s1, s2)
+
+
+@pytest.mark.parametrize("s1,s2,fwb", list(itertools.product(ORDER, FWB_S2, (False, True))))
+def test_qemu_differs_only_for_device_over_device_with_fwb(s1, s2, fwb):
+    if s2 == "as-s1" and not fwb:
+        return  # not encodable without FWB (test_invalid_combinations)
+    eff = memtypes.combine(s1, s2, fwb)
+    # QEMU ptw.c combined_attrs_fwb `case 0 ... 3`: the stage-2 subtype whatever stage 1 is.
+    qemu = s2 if fwb and s2 in DEVICE else eff.effective
+    assert (eff.qemu or eff.effective) == qemu
+    assert bool(eff.qemu_note) == (qemu != eff.effective)
+    if eff.qemu:
+        assert "combined_attrs_fwb" in eff.qemu_note and "S2CombineS1Device" in eff.qemu_note
+
+
+def test_fwb_device_over_device_is_the_more_restrictive():
+    # Stage 1 nGnRnE over a stage-2 nGnRE (KVM's PFNMAP default): nGnRnE, QEMU says nGnRE.
+    eff = memtypes.combine("device-ngnrne", "device-ngnre", fwb=True)
+    assert (eff.effective, eff.qemu) == ("device-ngnrne", "device-ngnre")
+    assert "stage 1" in eff.reason
+    eff = memtypes.combine("device-gre", "device-ngnre", fwb=True)
+    assert (eff.effective, eff.qemu) == ("device-ngnre", "")
+    assert memtypes.combine("device-gre", "device-ngnre", fwb=True).to_dict()["qemu"] == ""
 
 
 def test_fwb_headline_cases():
@@ -72,3 +97,14 @@ def test_fwb_headline_cases():
 def test_invalid_combinations(s1, s2, fwb):
     with pytest.raises(UserError):
         memtypes.combine(s1, s2, fwb)
+
+
+def test_combine_command_footnotes_qemu_only_where_it_differs():
+    from conftest import run_cli
+
+    out = run_cli("combine", "device-ngnrne", "device-ngnre", "--fwb")
+    assert out.returncode == 0 and "-> device-ngnrne (Device)" in out.stdout
+    note = out.stdout.splitlines()[-1]
+    assert note.startswith("  note: QEMU") and "device-ngnre" in note and "S2CombineS1Device" in note
+    out = run_cli("combine", "normal", "device-ngnre", "--fwb")
+    assert "-> device-ngnre (Device)" in out.stdout and "note:" not in out.stdout

@@ -18,8 +18,9 @@ def cmd_deps(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="python -m guestkit deps", description=deps.__doc__.splitlines()[0])
     p.add_argument("--arch", default="arm64", choices=list(ARCHES))
+    p.add_argument("--lava", action="store_true", help="also LAVA's dispatcher (lava-run) and TuxRun, for 'guestkit lava'")
     args = p.parse_args(argv)
-    return deps.main(get_arch(args.arch))
+    return deps.main(get_arch(args.arch), lava=args.lava)
 
 
 def run_parser() -> argparse.ArgumentParser:

@@ -3,12 +3,15 @@
 Host: QEMU >= 9 (Debian 12 ships 7.2, which does not model Device alignment faults, so
 it comes from bookworm-backports) and the cross compiler.  Guest: the Debian kernel and
 python3 of the guest architecture, unpacked into a cached base initramfs.
+`--lava` adds LAVA's dispatcher (Debian's lava-dispatcher, for `lava-run`) and TuxRun (PyPI).
 """
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,12 @@ from guestkit.paths import arch_cache
 from guestkit.qemu import Arch
 
 MIN_QEMU = (9, 0)
+# bookworm's lava-dispatcher depends on libguestfs, which pulls bookworm's qemu-system-x86
+# 7.2; that conflicts with the backports QEMU 10 unless the same apt command names the
+# backports qemu-system-x86 too.
+LAVA_PKGS = ("lava-dispatcher",)
+LAVA_QEMU_PKG = "qemu-system-x86"
+TUXRUN = "tuxrun==1.11.0"  # the version checked with --runtime null (it brings tuxlava)
 
 
 @dataclass(frozen=True)
@@ -87,13 +96,41 @@ def find_parts(arch: Arch) -> GuestParts:
     return GuestParts(cache / f"vmlinuz-{key}", bases[-1], version)
 
 
-def main(arch: Arch) -> int:
+def tuxrun_installed() -> bool:
+    """TuxRun importable from this Python (it is run as `python -m tuxrun`)."""
+    return importlib.util.find_spec("tuxrun") is not None
+
+
+def ensure_lava() -> list[str]:
+    """Install LAVA's dispatcher (apt) and TuxRun (pip, into this Python) when missing;
+    returns what was done."""
+    done = []
+    if not shutil.which("lava-run"):
+        suite = apt.ensure_backports()  # derived from the configured mirror: no host name of ours
+        apt.update()
+        apt.install([*LAVA_PKGS, f"{LAVA_QEMU_PKG}/{suite}"])
+        done.append(f"{' '.join(LAVA_PKGS)} (with {LAVA_QEMU_PKG} from {suite})")
+        if not shutil.which("lava-run"):
+            raise UserError("lava-dispatcher is installed but lava-run is not on PATH: check the package")
+    if not tuxrun_installed():
+        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", TUXRUN], capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UserError(f"pip install {TUXRUN} failed: {tail}")
+        importlib.invalidate_caches()
+        done.append(TUXRUN)
+    return done
+
+
+def main(arch: Arch, lava: bool = False) -> int:
     t0 = time.monotonic()
-    done = ensure_host(arch)
+    done = ensure_host(arch) + (ensure_lava() if lava else [])
     parts = ensure_guest(arch)
     image.suite_library(arch, arch_cache(arch.name))
     print(f"host: {arch.qemu} {'.'.join(map(str, qemu_version(arch.qemu) or ()))}"
           f"{' (installed ' + ', '.join(done) + ')' if done else ''}")
+    if lava:
+        print(f"lava: {shutil.which('lava-run')}, tuxrun {'installed' if tuxrun_installed() else 'missing'}")
     print(f"guest: kernel {parts.kernel_version}, base initramfs {parts.base.stat().st_size >> 20} MiB at {parts.base}")
     print(f"guestkit deps took {time.monotonic() - t0:.1f} s")
     return 0

@@ -35,6 +35,26 @@ struct dmattr_req {
 	__u64 offset;
 };
 
+/* DMATTR_IOC_S2READ (arm64 KVM hosts): the leaf stage-2 descriptor that maps `ipa` in the
+ * KVM VM behind `vm_fd` (an fd of the caller), read from kvm->arch.mmu.pgt under
+ * kvm->mmu_lock.  flags DMATTR_S2_MAPPED clear: no valid leaf yet (level says where the walk
+ * stopped).  DMATTR_S2_FWB: KVM encodes this VM's stage 2 with FEAT_S2FWB (as its
+ * stage2_has_fwb()).  Errors: EBADF (no such fd), EINVAL (not a KVM VM fd), ERANGE (IPA
+ * beyond ia_bits), ENOENT (no stage-2 table), EPERM (lockdown), EOPNOTSUPP (not arm64). */
+struct dmattr_s2_read {
+	__s32 vm_fd;       /* in */
+	__u32 flags;       /* out */
+	__u64 ipa;         /* in */
+	__u64 desc;        /* out: the raw leaf descriptor (0 when not mapped) */
+	__u64 leaf;        /* out: bytes the leaf maps (4096, 2 MiB, 1 GiB with 4 KiB pages) */
+	__s32 level;       /* out: the leaf's level */
+	__u32 ia_bits;     /* out: the VM's IPA size */
+	__s32 start_level; /* out: the level the walk started at */
+	__u32 pad;
+};
+#define DMATTR_S2_MAPPED 1u
+#define DMATTR_S2_FWB 2u
+
 /* What this module can do on this kernel: the attributes each source can be mapped with
  * (bit n: attr n) and the largest RAM buffer (the buddy allocator's top order). */
 struct dmattr_info {
@@ -46,5 +66,6 @@ struct dmattr_info {
 /* SET fails with EBUSY while a mapping of the fd's current source exists. */
 #define DMATTR_IOC_SET _IOW('D', 1, struct dmattr_req)
 #define DMATTR_IOC_INFO _IOR('D', 3, struct dmattr_info)
+#define DMATTR_IOC_S2READ _IOWR('D', 4, struct dmattr_s2_read)
 
 #endif

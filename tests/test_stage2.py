@@ -1,0 +1,108 @@
+"""bench.stage2: the stage-2 MemAttr decoder over every encoding (FWB and not), the ioctl's
+layout against dmattr.h, the unavailable paths on this host (no module, an older module),
+and (guest) the descriptor KVM wrote, read in an emulated arm64 KVM host."""
+import errno
+import json
+import re
+
+import pytest
+
+from bench import memtypes, stage2
+from bench.stage2 import Stage2Read, decode, read
+from conftest import REPO, run_cli
+
+R = "unavailable: reserved MemAttr"
+# The Arm ARM's stage-2 MemAttr[3:0] tables, written out here as the independent oracle.
+# FEAT_S2FWB off: [3:2] 00 = Device ([1:0] subtype), else outer [3:2] / inner [1:0] with
+# 01 NC, 10 WT, 11 WB (inner 00 reserved); mixed halves: the more restrictive.
+NOFWB = {
+    0b0000: "device-ngnrne", 0b0001: "device-ngnre", 0b0010: "device-ngre", 0b0011: "device-gre",
+    0b0100: R, 0b0101: "normal-nc", 0b0110: "normal-nc", 0b0111: "normal-nc",
+    0b1000: R, 0b1001: "normal-nc", 0b1010: "normal-wt", 0b1011: "normal-wt",
+    0b1100: R, 0b1101: "normal-nc", 0b1110: "normal-wt", 0b1111: "normal",
+}
+# FEAT_S2FWB on: [2] 0 = Device ([1:0] subtype); 101 NC, 110 WB, 111 stage 1; 100 reserved;
+# MemAttr[3] is not part of the encoding (reported reserved).
+FWB = {
+    0b0000: "device-ngnrne", 0b0001: "device-ngnre", 0b0010: "device-ngre", 0b0011: "device-gre",
+    0b0100: R, 0b0101: "normal-nc", 0b0110: "normal", 0b0111: "as-s1",
+    **{v: R for v in range(8, 16)},
+}
+
+
+@pytest.mark.parametrize("fwb,table", [(False, NOFWB), (True, FWB)], ids=["nofwb", "fwb"])
+def test_decoder_every_memattr(fwb, table):
+    assert set(table) == set(range(16))
+    for memattr, want in table.items():
+        got = decode(memattr, fwb)
+        if want == R:
+            assert got.startswith(f"{R} 0b{memattr:04b} ("), (memattr, got)
+        else:
+            assert got == want, (f"{memattr:04b}", fwb, got)
+            memtypes.get(got)  # every name read is a memtypes name
+
+
+def test_decoder_agrees_with_memtypes_columns():
+    for a in memtypes.ATTRS:
+        assert decode(a.s2, False) == a.name
+        if a.fwb is not None:
+            assert decode(a.fwb, True) == a.name
+    assert decode(memtypes.AS_S1.fwb, True) == "as-s1"
+
+
+def test_mixed_cacheability_is_the_more_restrictive_half():
+    # Cross-check against memtypes.combine's own "more restrictive wins" (no FWB).
+    half = {1: "normal-nc", 2: "normal-wt", 3: "normal"}
+    for outer in half:
+        for inner in half:
+            want = memtypes.combine(half[outer], half[inner]).effective
+            assert decode(outer << 2 | inner, False) == want
+
+
+def test_decoder_rejects_more_than_four_bits():
+    for bad in (-1, 16):
+        with pytest.raises(ValueError):
+            decode(bad, False)
+
+
+def test_descriptor_fields():
+    # A 4 KiB page as KVM writes it for RAM under FWB: MemAttr 0b0110, S2AP RW, AF, XN.
+    desc = 0x3 | 0b0110 << 2 | 0b11 << 6 | 1 << 10 | 0x4321000 | 1 << 54
+    got = stage2.from_descriptor(desc, 3, 4096, True)
+    assert got == Stage2Read("normal", 6, 4096, True, 3, True, 3, desc)
+    assert got.metadata() == {"stage2_read": "normal", "stage2_memattr": 6, "stage2_leaf": 4096, "fwb": True}
+    dev = stage2.from_descriptor(0x1 | 0b0001 << 2 | 0b01 << 6, 2, 2 << 20, False)
+    assert (dev.read, dev.s2ap, dev.xn, dev.leaf) == ("device-ngnre", 1, False, 2 << 20)
+
+
+def test_ioctl_layout_matches_the_header():
+    header = (REPO / "guestkit" / "kmod" / "dmattr.h").read_text()
+    assert "#define DMATTR_IOC_S2READ _IOWR('D', 4, struct dmattr_s2_read)" in header
+    body = re.search(r"struct dmattr_s2_read \{(.*?)\};", header, re.S).group(1)
+    fields = re.findall(r"__([su])(32|64) (\w+);", body)
+    codes = {("s", "32"): "i", ("u", "32"): "I", ("u", "64"): "Q", ("s", "64"): "q"}
+    assert "<" + "".join(codes[s, n] for s, n, _ in fields) == stage2.S2REQ.format
+    assert stage2.S2REQ.size == 48 and stage2.IOC_S2READ == 0xC0304404
+    assert re.search(r"DMATTR_S2_MAPPED 1u", header) and re.search(r"DMATTR_S2_FWB 2u", header)
+
+
+def test_unavailable_without_module(tmp_path, monkeypatch):
+    monkeypatch.setenv("DMTBENCH_DMATTR", str(tmp_path / "nodev"))
+    got = read(0, 0x4000_0000)
+    assert got.read.startswith(f"unavailable: no {tmp_path / 'nodev'}: load the module")
+    assert got == stage2.unavailable(got.read.removeprefix("unavailable: "))
+    assert not got.available and got.metadata()["stage2_memattr"] is None
+
+
+def test_unavailable_with_an_older_module(tmp_path, monkeypatch):
+    # Any file that does not know the ioctl answers ENOTTY, as a dmattr.ko from before it does.
+    dev = tmp_path / "dmattr"
+    dev.write_bytes(b"")
+    monkeypatch.setenv("DMTBENCH_DMATTR", str(dev))
+    assert read(0, 0).read == "unavailable: " + stage2.REASONS[errno.ENOTTY]
+
+
+def test_unavailable_for_out_of_range_arguments(tmp_path, monkeypatch):
+    monkeypatch.setenv("DMTBENCH_DMATTR", str(tmp_path / "nodev"))
+    assert read(0, -1).read == "unavailable: vm fd 0 or IPA -0x1 out of range"
+    assert read(1 << 40, 0).read.startswith("unavailable: vm fd")

@@ -1,10 +1,12 @@
 """L0: `python -m guestkit lab`: boot each host kernel, collect what its KVM gives a guest, print the table.
 
 For each host kernel: one boot of the emulated arm64 KVM host (guestkit.lab.l0_hostboot) with the
-ivshmem BAR bound to vfio-pci, where guestkit.lab.l1_runner runs every case of that kernel
-(probes for the backings vfio, sysfs and ram under all seven stage-1 attributes, and the
-`--fast` runs).  Results come home under results/<machine>/; then one table across
-kernels, each cell checked against the KVM-policy prediction (bench.kvmpolicy).
+ivshmem BAR bound to vfio-pci and guestkit's dmattr module loaded, where guestkit.lab.l1_runner
+runs every case of that kernel (probes for every backing under all seven stage-1 attributes,
+each VM's stage-2 descriptor read through dmattr, and the `--fast` runs).  Results come home
+under results/<machine>/; then one table across kernels (guestkit.lab.l0_table: the stage-2
+attribute read per backing, checked against the KVM-policy prediction and the probe class),
+the --detail matrix, the --plot picture.  Any disagreement is a MISMATCH line and exit 1.
 """
 from __future__ import annotations
 
@@ -44,6 +46,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--probe", action="append", default=[], metavar="NAME",
                    help="run only this probe (repeatable; default: all; the table needs the unaligned ones)")
     p.add_argument("--json", action="store_true", help="print the outcomes as one JSON object")
+    p.add_argument("--detail", action="store_true",
+                   help="also print the per-stage-1-attribute matrix (effective type and probe outcome)")
+    p.add_argument("--plot", type=Path, metavar="FILE.png",
+                   help="draw backings x host kernels, coloured by the stage-2 attribute read")
     p.add_argument("-o", "--results", type=Path, default=Path("results"), help="results root (default ./results)")
     p.add_argument("--timeout", type=float, default=HOST_TIMEOUT, help="seconds per host boot before it is killed")
     p.add_argument("-v", "--verbose", action="store_true", help="show the hosts' consoles")
@@ -140,7 +146,7 @@ def read_report(version: str, guest: str, files: list[Path], error: str) -> tabl
             medians.update(table.medians_of(pyperf.BenchmarkSuite.load(str(path)).get_benchmarks(), backing))
     why = error or _host_problem(data)
     return table.HostReport(data["host_kernel"], guest, data.get("fwb"), tuple(data["outcomes"]), medians, why,
-                               data.get("dic"))
+                            data.get("dic"), dict(data.get("backings", {})))
 
 
 def _host_problem(data: dict) -> str:
@@ -153,6 +159,8 @@ def _host_problem(data: dict) -> str:
 def main(argv: list[str]) -> int:
     t0 = time.monotonic()  # the wall time reported covers resolving, module builds and boots
     args = parser().parse_args(argv)
+    if args.plot and args.plot.suffix.lower() != ".png":
+        raise UserError(f"--plot {args.plot}: the picture is a PNG file: name it FILE.png")
     check_qemu()
     arch = get_arch("arm64")
     chosen = [kernels.get(arch, name) for name in args.host_kernel or DEFAULT_KERNELS]  # bad names fail before any boot
@@ -166,26 +174,41 @@ def main(argv: list[str]) -> int:
               file=sys.stderr, flush=True)
         reports.append(report)
         codes.append(code)
-    print_reports(reports, args.json, time.monotonic() - t0)
-    return 124 if 124 in codes else max(codes)
+    bad = print_reports(reports, args, time.monotonic() - t0)
+    if args.plot and any(r.outcomes for r in reports):
+        from guestkit.lab import l0_plot  # matplotlib: only when asked for
+
+        print(f"lab: picture in {l0_plot.plot(reports, args.plot)}", file=sys.stderr)
+    code = 124 if 124 in codes else max(codes)
+    return code or (1 if bad else 0)
 
 
-def print_reports(reports: list[table.HostReport], as_json: bool, wall: float) -> None:
+def print_reports(reports: list[table.HostReport], args, wall: float) -> list[str]:
+    """The table (or JSON) on stdout; the MISMATCH lines under the table, or on stderr with
+    --json (stdout stays one JSON object).  Returns the mismatches."""
     bad = table.mismatches(reports)
-    if as_json:
+    if args.json:
+        for line in bad:
+            print(f"MISMATCH {line}", file=sys.stderr)
         hosts = [{"host_kernel": r.kernel, "guest": r.guest, "fwb": r.fwb, "dic": r.dic, "error": r.error}
                  for r in reports]
         print(json.dumps({"hosts": hosts,
+                          "stage2": [v.to_dict() for r in reports for v in table.stage2_verdicts(r)],
                           "outcomes": [o for r in reports for o in table.with_predictions(r)],
+                          "detail": [d for r in reports for d in table.detail_rows(r)],
                           "mismatches": bad, "medians": {r.kernel: r.medians for r in reports},
                           "emulated": True, "seconds": round(wall, 1)}, indent=1))
-        return
+        return bad
     print(table.table(reports))
+    if args.detail:
+        print()
+        print(table.detail(reports))
     for line in bad:
         print(f"MISMATCH {line}")
     ratio = table.ratios(reports)
     if ratio:
         print()
         print(ratio)
-    print(f"\n{len(reports)} host kernel(s) in {wall:.1f} s (emulated hosts: classes are real KVM decisions, "
-          "timings are plumbing)")
+    print(f"\n{len(reports)} host kernel(s) in {wall:.1f} s (emulated hosts: stage-2 attributes are real KVM "
+          "decisions, timings are plumbing)")
+    return bad

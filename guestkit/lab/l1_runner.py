@@ -35,6 +35,7 @@ FAST_WORKLOADS = ("write-bw", "read-bw", "wc-burst", "doorbell", "mmio-read", "c
 FAST_BY_BACKING = {"kmod-normal": ("copy-to", "copy-from")}
 NEEDS_MODULE = "kmod-"  # backings that need guestkit's dmattr module in the host
 FAST_ATTRS = ("device-ngnre", "normal-nc", "normal")
+STAGE2_KEYS = ("stage2_read", "stage2_memattr", "stage2_leaf", "fwb")  # bench.stage2.Stage2Read.metadata()
 FAST_SIZE = "64KiB"  # small enough for TCG, larger than any burst
 
 
@@ -90,9 +91,11 @@ def module_ok(report: dict) -> bool:
 
 
 def outcomes_of(backing: str, data: dict) -> list[dict]:
-    """The probe outcomes of one backing, tagged with it."""
-    return [{"backing": backing, **{k: o.get(k) for k in ("attr", "probe", "result", "code")}}
-            for o in data.get("outcomes", [])]
+    """The probe outcomes of one backing, tagged with it, with the stage-2 descriptor read
+    of each probe's VM where the kvm target recorded one (older ones have none: the lab
+    says `unavailable: not recorded`)."""
+    return [{"backing": backing, **{k: o.get(k) for k in ("attr", "probe", "result", "code")},
+             **{k: o[k] for k in STAGE2_KEYS if k in o}} for o in data.get("outcomes", [])]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,6 +62,47 @@ def test_host_without_fwb_refuses_the_cacheable_memslot(guest_ready, tmp_path):
     assert data["mismatches"] == []
 
 
+def _probe_file(tmp_path, kernel: str, outcomes: list[dict]):
+    path = tmp_path / f"20261201-0000-lab-{kernel}-payload-probes.json"
+    path.write_text(json.dumps({"host_kernel": kernel, "guest": "payload", "fwb": True, "dic": True, "kvm": True,
+                                "backings": {"vfio": {"stage2_read": "normal-nc"}}, "outcomes": outcomes}))
+    return path
+
+
+def test_mismatch_lines_and_exit_from_the_files_a_host_sent(tmp_path, capsys):
+    from argparse import Namespace
+
+    from guestkit.lab import l0_command as lab
+
+    kernel = "6.12.117+deb12-arm64"
+    rows = [{"backing": "vfio", "attr": a, "probe": p, "result": r, "code": "", "stage2_read": read,
+             "stage2_memattr": 5, "stage2_leaf": 4096, "fwb": True}
+            for a, r in (("normal", "ok"), ("device-ngnre", "fault")) for p in table.UNALIGNED
+            for read in ["normal-nc"]]
+    good = lab.read_report(kernel, "payload", [_probe_file(tmp_path, kernel, rows)], "")
+    assert good.backings["vfio"]["stage2_read"] == "normal-nc"
+    args = Namespace(json=False, detail=True)
+    assert lab.print_reports([good], args, 1.0) == []
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].split() == ["vfio", "NC"] and "NC ok" in out and "s1-fault" in out
+    # The same host whose descriptor said Device-nGnRE: read vs prediction and vs probe class.
+    odd = lab.read_report(kernel, "payload", [_probe_file(tmp_path, kernel, [
+        {**o, "stage2_read": "device-ngnre", "stage2_memattr": 1} for o in rows])], "")
+    bad = lab.print_reports([odd], Namespace(json=True, detail=False), 1.0)
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)  # stdout stays one JSON object, the MISMATCH lines go to stderr
+    assert len(bad) == 2 and all(f"MISMATCH {line}" in captured.err for line in bad)
+    (v,) = data["stage2"]
+    assert (v["stage2_read"], v["predicted"], v["probe_class"], v["agrees"]) == (
+        "device-ngnre", "normal-nc", "normal", False)
+    assert {d["attr"] for d in data["detail"]} == {"normal", "device-ngnre"}
+
+
+def test_plot_needs_a_png_name():
+    proc = run_cli("lab", "--plot", "table.svg", module="guestkit")
+    assert_one_line_error(proc, 2, "--plot", "FILE.png")
+
+
 def test_host_without_kvm_is_reported_not_hidden():
     from guestkit.lab import l0_command as lab
 

@@ -45,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--probes-only", action="store_true", help="skip the --fast timing runs")
     p.add_argument("--probe", action="append", default=[], metavar="NAME",
                    help="run only this probe (repeatable; default: all; the table needs the unaligned ones)")
+    p.add_argument("--each-kill", action="store_true",
+                   help="--guest linux: one L2 boot per unaligned probe even after one killed the VM on that "
+                        "mapping (default: the rest are recorded as not run, with the reason)")
     p.add_argument("--json", action="store_true", help="print the outcomes as one JSON object")
     p.add_argument("--detail", action="store_true",
                    help="also print the per-stage-1-attribute matrix (effective type and probe outcome)")
@@ -76,12 +79,13 @@ class Console:
             sys.stderr.write(item[1])
 
 
-def host_argv(guest: str, probes_only: bool, probes: tuple[str, ...] = ()) -> list[str]:
+def host_argv(guest: str, probes_only: bool, probes: tuple[str, ...] = (),
+              each_kill: bool = False) -> list[str]:
     """The command the emulated host runs (guestkit.lab.l1_runner for the payload mode)."""
     if guest == "linux":
         from guestkit.lab import l0_l2image as l2image
 
-        return l2image.host_argv(probes_only, probes)
+        return l2image.host_argv(probes_only, probes, each_kill)
     return ["python3", "-m", "guestkit.lab.l1_runner", "--mode", guest, *(["--probes-only"] if probes_only else []),
             *[f"--probe={p}" for p in probes]]
 
@@ -105,11 +109,11 @@ def run_host(kernel: kernels.Kernel, args) -> tuple[table.HostReport, int]:
     rx, console, code, error = launch.Receiver(args.results), Console(args.verbose), 0, ""
     with tempfile.NamedTemporaryFile(prefix="ivshmem-") as shm:
         shm.truncate(IVSHMEM_BYTES)
+        argv = host_argv(args.guest, args.probes_only, tuple(args.probe), args.each_kill)
         try:
-            launch.run(arch, host_argv(args.guest, args.probes_only, tuple(args.probe)), accel="tcg", timeout=args.timeout,
-                       results=args.results, machine=MACHINE, ivshmem_file=Path(shm.name),
-                       ivshmem_bytes=IVSHMEM_BYTES, memory_mb=memory, echo=console, extra=files, setup=setup,
-                       kernel=kernel.image, kvm_host=True, rx=rx, cpu_model=args.cpu)
+            launch.run(arch, argv, accel="tcg", timeout=args.timeout, results=args.results, machine=MACHINE,
+                       ivshmem_file=Path(shm.name), ivshmem_bytes=IVSHMEM_BYTES, memory_mb=memory, echo=console,
+                       extra=files, setup=setup, kernel=kernel.image, kvm_host=True, rx=rx, cpu_model=args.cpu)
         except UserError as exc:
             code, error = exc.code, str(exc)
     report = read_report(kernel.version, args.guest, rx.settle(), error)

@@ -176,7 +176,7 @@ def linux_job(kernel: kernels.Kernel | None = None, l2_kernel: Path | None = Non
     return LinuxJob(files, [], MEMORY_MB)
 
 
-def host_argv(probes_only: bool, probes: tuple[str, ...] = ()) -> list[str]:
+def host_argv(probes_only: bool, probes: tuple[str, ...] = (), each_kill: bool = False) -> list[str]:
     """The command L1 runs: guestkit.lab.l1_l2driver (see its docstring)."""
     return ["python3", "-m", "guestkit.lab.l1_l2driver", *(["--probes-only"] if probes_only else []),
-            *[f"--probe={p}" for p in probes]]
+            *(["--each-kill"] if each_kill else []), *[f"--probe={p}" for p in probes]]

@@ -59,7 +59,8 @@ def figure(reports: list[table.HostReport], title: str = "") -> Picture:
             patches.append(rect)
             shown.append(cell)
             probe = table.PROBE_WORD[v.probe_class] if v else ""
-            lines = [cell, *([f"probe: {probe}"] if probe and probe != "-" else []), *(["\u2717 mismatch"] if bad else [])]
+            lines = [cell, *([f"probe: {probe}"] if probe and probe != "-" else []),
+                     *(["\u2717 mismatch"] if bad else [])]
             ax.text(col + 0.5, row + 0.5, "\n".join(lines), ha="center", va="center", fontsize=8.5,
                     color="white" if cell in DARK else "black", fontweight="bold" if bad else "normal")
             if bad:  # a yellow frame inside the cell: visible on every fill colour

@@ -116,11 +116,13 @@ def test_kvm_run_failed_ends_a_paused_vm(tmp_path):
 
 @pytest.mark.guest
 def test_nested_linux_guest_killed_probe_and_the_rest(guest_ready, tmp_path):
-    """One emulated 6.1 host: vfio + normal-nc + unaligned kills the L2; a fresh L2 runs the
-    probe after it; the Device mapping faults in the L2 itself; L2 says it is emulated."""
+    """One emulated 6.1 host: vfio + normal-nc + unaligned kills the L2 (the aligned probe ran
+    before it in the same L2, the other unaligned one is not run and says why); the Device
+    mapping faults in the L2 itself; L2 says it is emulated."""
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "guestkit", "lab", "--guest", "linux", "--host-kernel", "6.1",
-                           "--probes-only", "--probe", "load8-unaligned", "--probe", "load8", "-o", str(tmp_path),
+                           "--probes-only", "--probe", "load8-unaligned", "--probe", "load8", "--probe",
+                           "store8-unaligned", "-o", str(tmp_path),
                            "--timeout", "400", "--json"], capture_output=True, text=True, timeout=500,
                           cwd=Path(__file__).resolve().parent.parent)
     print(f"nested linux guest test: {time.monotonic() - t0:.1f} s wall")
@@ -131,10 +133,12 @@ def test_nested_linux_guest_killed_probe_and_the_rest(guest_ready, tmp_path):
     assert data["host_kernel"].startswith("6.1.") and data["kvm"] and data["guest"] == "linux"
     killed = got[("normal-nc", "load8-unaligned")]
     assert killed["backing"] == "vfio" and killed["result"] == "killed" and "Unsupported FSC" in killed["code"]
-    assert got[("normal-nc", "load8")]["result"] == "ok"  # ran in the second L2
+    assert got[("normal-nc", "load8")]["result"] == "ok"  # ran before the kill, in the same L2
+    after = got[("normal-nc", "store8-unaligned")]
+    assert after["result"] == "skip" and "load8-unaligned on this mapping killed the VM" in after["code"]
     assert got[("device-ngnre", "load8-unaligned")]["result"] == "fault"
     assert got[("device-ngnre", "load8-unaligned")]["code"] == "SIGBUS/BUS_ADRALN"
-    assert data["l2_boots"] == 2 and data["l2_emulated"] is True
+    assert data["l2_boots"] == 1 and data["l2_emulated"] is True
     lab = json.loads(proc.stdout)  # the lab's own verdicts: every outcome as predicted
     assert lab["mismatches"] == [] and lab["hosts"][0]["error"] == ""
 
@@ -143,10 +147,10 @@ class _ScriptedLab(l2driver.Lab):
     """The restart logic against L2s that behave as scripted (what each boot ran and how
     it ended); a KVM that kills VMs exists only inside the emulated host."""
 
-    def __init__(self, tmp_path, script, probes_only=False):
+    def __init__(self, tmp_path, script, probes_only=False, names=("load8", "load8-unaligned"), each_kill=False):
         report = {"l2_boots": 0, "backings": {"vfio": {}}, "runs": [], "boots": [], "outcomes": []}
-        super().__init__("6.1.0-56-arm64", ["load8", "load8-unaligned"], probes_only, False, report,
-                         tmp_path / "r.json", kmsg=l2driver.KernelLog("/nonexistent"))
+        super().__init__("6.1.0-56-arm64", list(names), probes_only, False, report,
+                         tmp_path / "r.json", kmsg=l2driver.KernelLog("/nonexistent"), each_kill=each_kill)
         self.script, self.asked = list(script), []
 
     def boot(self, remaining, fast):
@@ -186,3 +190,39 @@ def test_an_l2_that_stops_without_a_probe_to_blame_is_an_error(tmp_path):
     assert len(lab.report["outcomes"]) == 1
     hung = _ScriptedLab(tmp_path, [([], "error: guest timed out after 300 s and was killed")], probes_only=True)
     assert hung.run() == 3 and "timed out" in hung.report["backings"]["vfio"]["error"]
+
+
+FSC = "killed: kvm [97]: Unsupported FSC: EC=0x24 xFSC=0x21 ESR_EL2=0x93c08021"
+NAMES = ("store8-unaligned", "load2-unaligned", "load8", "load8-unaligned", "store8")
+
+
+def test_one_kill_per_mapping_and_the_other_unaligned_probes_say_why(tmp_path):
+    # The unaligned probes run last per attribute; the first kill on normal-nc ends the only
+    # L2 the probes need, and the other unaligned probes there are recorded as not run.
+    first = [*(_ok("device-ngnre", n) for n in ("load8", "store8", "store8-unaligned", "load2-unaligned",
+                                                 "load8-unaligned")),
+             _ok("normal-nc", "load8"), _ok("normal-nc", "store8"), "# probe normal-nc store8-unaligned"]
+    lab = _ScriptedLab(tmp_path, [(first, FSC)], probes_only=True, names=NAMES)
+    assert lab.run() == 0 and len(lab.asked) == 1
+    got = {(o["attr"], o["probe"]): o for o in lab.report["outcomes"]}
+    assert len(got) == 2 * len(NAMES)  # every probe has an outcome
+    assert got["normal-nc", "store8-unaligned"]["result"] == "killed"
+    for name in ("load2-unaligned", "load8-unaligned"):
+        skipped = got["normal-nc", name]
+        assert skipped["result"] == "skip" and "store8-unaligned on this mapping killed the VM" in skipped["code"]
+        assert "Unsupported FSC" in skipped["code"] and "--each-kill" in skipped["code"]
+    assert [n for a, n in lab.asked[0][0]][:5] == ["load8", "store8", "store8-unaligned", "load2-unaligned",
+                                                   "load8-unaligned"]
+
+
+def test_each_kill_boots_an_l2_for_every_unaligned_probe(tmp_path):
+    first = [*(_ok("device-ngnre", n) for n in ("load8", "store8", "store8-unaligned", "load2-unaligned",
+                                                 "load8-unaligned")),
+             _ok("normal-nc", "load8"), _ok("normal-nc", "store8"), "# probe normal-nc store8-unaligned"]
+    lab = _ScriptedLab(tmp_path, [(first, FSC), (["# probe normal-nc load2-unaligned"], FSC),
+                                  (["# probe normal-nc load8-unaligned"], FSC)],
+                       probes_only=True, names=NAMES, each_kill=True)
+    assert lab.run() == 0 and len(lab.asked) == 3
+    results = {o["probe"]: o["result"] for o in lab.report["outcomes"] if o["attr"] == "normal-nc"}
+    assert results == {"load8": "ok", "store8": "ok", "store8-unaligned": "killed", "load2-unaligned": "killed",
+                       "load8-unaligned": "killed"}

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 from analysis import stats
 from analysis.load import Run
+from analysis.report import leaf_pair_note
 from analysis.tables import Section, Table, fmt_value
 from bench import units
 from bench.errors import UserError
@@ -120,6 +121,7 @@ def notes_for(c: Comparison, many: bool) -> list[str]:
     machines = list(dict.fromkeys(r.machine for r in (*c.base, *c.new)))
     if len(machines) > 1:
         out.append(f"note: different machines ({', '.join(machines)}): the change includes the machine")
+    out += leaf_pair_note(c.base, c.new, [r.name for r in c.rows])
     for label, mine, other in (("base", c.base, c.new), ("new", c.new, c.base)):
         only = sorted(c.names(mine) - c.names(other))
         if only:

@@ -17,6 +17,51 @@ from bench import units
 
 METHOD_PAIRED = "paired per-round ratios, boot CI over rounds"
 METHOD_UNPAIRED = "ratio of process medians, cluster-boot CI"
+# Why a leaf-size difference matters: a large working set (read-lat at 64 MiB) misses the
+# TLB, and each miss walks the stage-2 table too: 4 KiB leaves take more walks than 2 MiB ones.
+LEAF_WHY = ["  large sizes (read-lat at 64 MiB) include stage-2 page walks:",
+            "  part of the difference is the page size, not the memory type"]
+
+
+def leaf_of(meta: dict) -> int | None:
+    """The stage-2 leaf size (bytes) a case was mapped with, or None where not recorded."""
+    try:
+        return int(meta["stage2_leaf"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} B"
+
+
+def leaf_note(leaves: dict[str, int | None]) -> list[str]:
+    """Note lines (each within 72 columns) when the compared cases (name -> stage-2 leaf
+    bytes) were mapped at different stage-2 leaf sizes (THP-backed RAM at 2 MiB vs a 4 KiB
+    PFNMAP); none when they were not, or where the sizes were not recorded."""
+    known = {k: v for k, v in leaves.items() if v is not None}
+    if len(set(known.values())) < 2:
+        return []
+    sizes = ", ".join(f"{k} {_bytes(v)}" for k, v in known.items())
+    return [f"note: stage-2 leaf sizes differ: {sizes}", *LEAF_WHY]
+
+
+def leaf_pair_note(base: list[Run], new: list[Run], names: list[str]) -> list[str]:
+    """`compare`'s note: benchmarks whose base and new sides were mapped at different
+    stage-2 leaf sizes (the first one named, with the count)."""
+    def leaf(side: list[Run], name: str) -> int | None:
+        return next((leaf_of(r.series[name].meta) for r in side if name in r.series), None)
+
+    odd = [(n, leaf(base, n), leaf(new, n)) for n in names]
+    odd = [o for o in odd if None not in o[1:] and o[1] != o[2]]
+    if not odd:
+        return []
+    name, b, w = odd[0]
+    return [f"note: stage-2 leaf sizes differ: base {_bytes(b)}, new {_bytes(w)}",
+            f"  in {len(odd)} benchmark(s), e.g. {name}", *LEAF_WHY]
 
 
 def _rounds(s: Series) -> dict[int, float]:
@@ -70,6 +115,7 @@ def table(run: Run, ref: str = "device-ngnre") -> Table:
         meta = next(s.meta for s in run.series.values() if s.attr == a)
         notes.append(f"{a}: effective {meta.get('effective', '?')}, inferred {meta.get('effective_inferred', '-')}, "
                      f"stage2 {meta.get('stage2', '?')}{' (FWB)' if meta.get('fwb') == 'true' else ''}")
+    notes += leaf_note({a: leaf_of(next(s.meta for s in run.series.values() if s.attr == a)) for a in order})
     emu = "[emulated] " if run.emulated else ""
     target = next(iter(run.series.values())).meta.get("target", "?")
     method = METHOD_PAIRED if paired else METHOD_UNPAIRED

@@ -22,6 +22,7 @@ from bench import kbuild
 VMM_LIB = "libdmtkvm.so"
 PAYLOAD = "dmtkvm-payload.elf"
 HASH_FILE = "dmtkvm.hash"  # source_hash() of the sources both were built from
+VMM_SOURCES = ("vmm.c", "vmmcore.c")  # vmmcore.c: the layout and run loop (x86check.c links it too)
 CROSS_CC = "aarch64-linux-gnu-gcc"
 # The library's code-generation flags, minus what a shared object needs.  -ffreestanding
 # and -nostdlib: the payload has no libc (c_kernels/kvm/payload/runtime.c supplies the
@@ -81,8 +82,17 @@ def build_vmm(out: Path, cc: str | None = None, src: Path | None = None) -> Path
     """Compile the VMM library into `out` (atomically)."""
     src = src or kbuild.source_dir()
     argv = [*kbuild.find_cc(arm64_cc(cc)), *kbuild.CFLAGS, f"-I{src / 'include'}", f"-I{kvm_dir(src)}",
-            str(kvm_dir(src) / "vmm.c")]
+            *(str(kvm_dir(src) / f) for f in VMM_SOURCES)]
     return _atomic(out, lambda tmp: _compile([*argv, "-o", tmp], "KVM VMM"))
+
+
+def build_x86check(out: Path, src: Path | None = None) -> Path:
+    """Compile x86check (c_kernels/kvm/x86check.c + the VMM's run loop) with the host's cc:
+    the run loop's deadline and EINTR handling driven by a real x86 KVM vCPU.  x86_64 only."""
+    src = src or kbuild.source_dir()
+    argv = [*kbuild.find_cc(None), "-O2", "-std=gnu11", "-Wall", "-Wextra", "-pthread", f"-I{src / 'include'}",
+            f"-I{kvm_dir(src)}", str(kvm_dir(src) / "vmmcore.c"), str(kvm_dir(src) / "x86check.c")]
+    return _atomic(out, lambda tmp: _compile([*argv, "-o", tmp, "-lrt"], "x86 KVM run-loop check"))
 
 
 def build_payload(out: Path, cc: str | None = None, src: Path | None = None) -> Path:

@@ -53,12 +53,24 @@ def table(attrs: list[str], rows: dict[str, list[Outcome]]) -> str:
     return "\n".join(lines)
 
 
-def ktap(target: str, outcomes: list[Outcome], emulated: bool = False) -> str:
-    """KTAP as kselftest prints it; under emulation an outcome QEMU does not model is XFAIL."""
+def stage2_comment(attr: str, fields: dict) -> str:
+    """One KTAP comment with the stage-2 descriptor read for attr's VM (kvm target)."""
+    text = lambda v: "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)  # noqa: E731
+    return (f"# stage2 {attr}: read={fields['stage2_read']} memattr={text(fields['stage2_memattr'])} "
+            f"leaf={text(fields['stage2_leaf'])} fwb={text(fields['fwb'])}")
+
+
+def ktap(target: str, outcomes: list[Outcome], emulated: bool = False, stage2: dict[str, dict] | None = None) -> str:
+    """KTAP as kselftest prints it; under emulation an outcome QEMU does not model is XFAIL.
+    stage2 (kvm target): attr -> stage-2 read fields, a comment before that attr's cases."""
     lines = ["KTAP version 1", f"# dmtbench probe on {target} ({kernels.arch()})", f"1..{len(outcomes)}"]
     counts = {"pass": 0, "fail": 0, "skip": 0, "xfail": 0}
+    said: set[str] = set()
     for n, o in enumerate(outcomes, 1):
         name = f"{o.attr}.{o.probe}"
+        if stage2 and o.attr in stage2 and o.attr not in said:
+            said.add(o.attr)
+            lines.append(stage2_comment(o.attr, stage2[o.attr]))
         if o.result == "skip":
             counts["skip"] += 1
             lines.append(f"ok {n} {name} # SKIP {o.code}")
@@ -116,12 +128,16 @@ def main(argv: list[str]) -> int:
             mapping.close()
     inferred = {a: infer_class(rows[a]) for a in attrs}
     notes = footnotes([o for a in attrs for o in rows[a]], metadata.emulated())
+    reads: dict[str, dict] = getattr(target, "stage2_reads", {})  # kvm: the descriptor read per attribute
     if args.json:
+        # Each outcome carries its attribute's stage-2 read (stage2_read, stage2_memattr,
+        # stage2_leaf, fwb): the lab's L1 runner passes outcomes through one by one.
         print(json.dumps({"target": target.spec, "arch": kernels.arch(), "stage2": stage2,
                           "emulated": metadata.emulated(), "inferred": inferred, **target.stage2_facts(), "notes": notes,
-                          "outcomes": [o.to_dict() for a in attrs for o in rows[a]]}, indent=1))
+                          "outcomes": [{**o.to_dict(), **reads.get(a, {})} for a in attrs for o in rows[a]]},
+                         indent=1))
     elif args.ktap:
-        print(ktap(target.spec, [o for a in attrs for o in rows[a]], metadata.emulated()))
+        print(ktap(target.spec, [o for a in attrs for o in rows[a]], metadata.emulated(), reads))
     else:
         print(f"probe matrix on {target.spec} ({kernels.arch()}{', emulated' if metadata.emulated() else ''}); "
               "'!' = differs from the architectural expectation")
@@ -130,6 +146,8 @@ def main(argv: list[str]) -> int:
         facts = target.stage2_facts()
         if facts:
             print("stage 2: " + ", ".join(f"{k} {v}" for k, v in facts.items() if k != "stage2_reason"))
+        for attr in attrs if reads else []:
+            print(stage2_comment(attr, reads[attr]).removeprefix("# "))
         for note in notes:
             print(f"note: {note}")
     return 0

@@ -38,9 +38,13 @@ static uint32_t dmt_max_width = 64;
 
 void dmt_set_max_width(uint32_t width) { dmt_max_width = width; }
 
+/* The sweep widths (sweeps.h has 8-, 16-, 32- and 64-byte primitives).  A 4-byte access
+ * exists only as a single word (dmt_check_word: doorbell, mmio-read); a sweep asked for
+ * width 4 would otherwise fall through to 64-byte accesses, and wc-burst would store up to
+ * 60 bytes past its burst. */
 int dmt_width_supported(uint32_t width)
 {
-	if (width != 4 && width != 8 && width != 16 && width != 32 && width != 64)
+	if (width != 8 && width != 16 && width != 32 && width != 64)
 		return -EINVAL;
 	if (width > dmt_max_width)
 		return -EOPNOTSUPP;
@@ -94,7 +98,9 @@ int dmt_init(int i, struct dmt_args *a)
 
 /* Runs `loops` iterations of kernel i; returns elapsed ns, or -errno.  Full fences on
  * both sides so that posted, streaming and write-combined stores are complete (and
- * counted) before the stop time is read. */
+ * counted) before the stop time is read.  -ERANGE: the kernel's calibrated overhead is at
+ * least the measured time, so the access's own time is not measurable at this loop count
+ * (clamping it to 1 ns would report a latency that was never seen). */
 int64_t dmt_run(int i, struct dmt_args *a, uint64_t loops)
 {
 	const struct dmt_kernel *k = dmt_kernel_at(i);
@@ -107,8 +113,12 @@ int64_t dmt_run(int i, struct dmt_args *a, uint64_t loops)
 	uint64_t t1 = dmt_now_ns();
 	if (rc)
 		return rc;
-	int64_t ns = (int64_t)(t1 - t0) - (k->overhead ? k->overhead(a, loops) : 0);
-	return ns > 0 ? ns : 1; /* a subtraction lost in noise must not read as an error */
+	int64_t elapsed = (int64_t)(t1 - t0);
+	if (k->overhead) {
+		int64_t ov = k->overhead(a, loops);
+		return ov < elapsed ? elapsed - ov : -ERANGE;
+	}
+	return elapsed > 0 ? elapsed : 1; /* a region shorter than one clock tick (CNTVCT in the payload) */
 }
 
 /* Cost of an empty timed region, for the runner's overhead report. */

@@ -9,12 +9,16 @@ static uint32_t store_width(const struct dmt_args *a)
 	return a->burst < a->width ? a->burst : a->width;
 }
 
+/* Every store stays inside its burst and every burst inside the mapping: the burst is a
+ * power of two >= the store width (dmt_width_supported() takes only 8..64, each a power of
+ * two), and the mapping a whole number of bursts. */
 static int supported(const struct dmt_args *a)
 {
 	uint32_t b = a->burst;
 	if (!a->buf || b < 8 || b > 256 || (b & (b - 1)) || a->size < b || a->size % b)
 		return -EINVAL;
-	return dmt_width_supported(store_width(a));
+	int rc = dmt_width_supported(store_width(a));
+	return rc ? rc : (b % store_width(a) ? -EINVAL : 0);
 }
 
 static int body(struct dmt_args *a, uint64_t loops)

@@ -1,9 +1,15 @@
 """The kvm target on this (x86) host: the arm64 VMM and payload cross-build, the payload
 links the same kernels and probes and its hot loops make no calls; the KVM-policy table;
-the bad-input paths reachable without an arm64 KVM host."""
+the bad-input paths reachable without an arm64 KVM host; the VMM's IPA layout and its
+KVM_RUN loop (timer before entry, EINTR retried), driven through x86check by a real x86
+KVM vCPU where this host has /dev/kvm; answers (killed, serror) and the stage-2 fields."""
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
+import mmap
+import os
 import re
 import shutil
 import subprocess
@@ -285,3 +291,159 @@ def test_host_checks_are_one_line(tmp_path):
     assert "--kvm-host" in str(exc.value) and "\n" not in str(exc.value)
 
 
+
+
+# --- the VMM's layout and run loop on this host (x86check links the same vmmcore.c) ---------
+
+X86 = kvm.platform.machine() == "x86_64"
+needs_x86 = pytest.mark.skipif(not X86, reason="x86check is an x86_64 program")
+needs_x86_kvm = pytest.mark.skipif(not X86 or not os.access("/dev/kvm", os.R_OK | os.W_OK),
+                                   reason="needs a usable x86 /dev/kvm (the run loop is driven by a real vCPU)")
+GIB = 1 << 30
+
+
+@pytest.fixture(scope="module")
+def x86check(tmp_path_factory) -> Path:
+    return kvmbuild.build_x86check(tmp_path_factory.mktemp("x86check") / "x86check")
+
+
+def _run_check(exe: Path, *argv: str) -> dict[str, str]:
+    """x86check's one line as a dict; a run that hangs fails the test by its timeout."""
+    out = subprocess.run([str(exe), *argv], capture_output=True, text=True, timeout=30, check=True).stdout
+    head, _, why = out.strip().partition(" why=")
+    return {**dict(kv.split("=", 1) for kv in head.split()), "why": why}
+
+
+def _layout(exe: Path, target: int, ram: int = 0, heap: int = 1 << 20, page: int = 4096, max_bits: int = 0) -> dict:
+    return _run_check(exe, "layout", str(target), str(ram), str(heap), str(page), str(max_bits))
+
+
+@needs_x86
+@pytest.mark.parametrize("ram", [0, 3 * GIB + GIB // 2, 16 * GIB])
+@pytest.mark.parametrize("target", [4096, 64 * GIB, 128 * GIB])
+def test_layout_keeps_payload_ram_and_target_apart(x86check, ram, target):
+    # 3.5 GiB of RAM used to run into the target slot at 4 GiB (EEXIST read as "refused").
+    lay = _layout(x86check, target, ram, max_bits=48)
+    assert lay["rc"] == "0", lay
+    ipa, ram_end = int(lay["target_ipa"], 16), int(lay["ram_end"], 16)
+    assert ipa >= ram_end and ipa >= 4 * GIB and ipa % GIB == 0
+    assert ram_end - 0x40000000 >= ram + (1 << 20)  # RAM buffer and heap inside payload RAM
+    assert int(lay["stride"], 16) >= target  # each attribute's VA window holds the whole target
+
+
+@needs_x86
+def test_layout_raises_the_ipa_size_only_when_the_target_needs_it(x86check):
+    small = _layout(x86check, 128 * GIB, max_bits=48)
+    assert (small["ipa_bits"], small["vm_type"]) == ("40", "0")  # KVM's default VM type
+    big = _layout(x86check, 2 << 40, max_bits=48)  # ends above 1 TiB: a 42-bit IPA
+    assert (big["ipa_bits"], big["vm_type"]) == ("42", "42")
+    refused = _layout(x86check, 2 << 40, max_bits=0)  # KVM without KVM_CAP_ARM_VM_IPA_SIZE
+    assert refused["rc"] == str(-errno.E2BIG) and "KVM_CAP_ARM_VM_IPA_SIZE" in refused["why"]
+
+
+@needs_x86
+@pytest.mark.parametrize("page", [16384, 65536])
+def test_layout_checks_sizes_against_the_host_page(x86check, page):
+    assert _layout(x86check, 4096, page=page)["rc"] == str(-errno.EINVAL)
+    assert _layout(x86check, page, page=page)["rc"] == "0"
+
+
+@needs_x86_kvm
+def test_run_loop_timer_before_entry_still_ends_the_case(x86check):
+    # The deadline passes (and the timer's signal is handled) before KVM_RUN is entered; the
+    # guest spins forever.  immediate_exit set by the handler makes KVM_RUN return at once.
+    r = _run_check(x86check, "late-entry")
+    assert r["result"] == "deadline" and r["entries"] == "1", r
+    assert float(r["elapsed_ms"]) < 5000
+
+
+@needs_x86_kvm
+def test_run_loop_retries_eintr_from_other_signals(x86check):
+    r = _run_check(x86check, "retry")
+    assert r["result"] == "exit" and r["exit_reason"] == "5", r  # KVM_EXIT_HLT: the guest finished
+    assert int(r["retried"]) >= 1 and int(r["entries"]) == int(r["retried"]) + 1
+
+
+@needs_x86_kvm
+def test_run_loop_deadline_holds_under_a_signal_storm(x86check):
+    r = _run_check(x86check, "signals")
+    assert r["result"] == "deadline" and int(r["retried"]) >= 1, r
+    assert 300 <= float(r["elapsed_ms"]) < 5000
+
+
+# --- answers, outcomes and the stage-2 fields ------------------------------------------------
+
+FSC_LINE = "kvm [{tid}]: Unsupported FSC: EC=0x24 xFSC=0x21 ESR_EL2=0x93c18021"
+
+
+def test_only_efault_with_this_vcpus_alignment_line_is_killed():
+    mine = FSC_LINE.format(tid=4242)
+    assert kvmvm.run_failure(["noise", mine], errno.EFAULT, 4242) == kvmvm.Answer("killed", detail=mine, err=errno.EFAULT)
+    # Another VM's line, another errno, another fault status: errors, with the errno and the log line.
+    other = kvmvm.run_failure([FSC_LINE.format(tid=7)], errno.EFAULT, 4242)
+    assert other.status == "error" and "EFAULT" in other.detail
+    enoexec = kvmvm.run_failure([mine], errno.ENOEXEC, 4242)
+    assert enoexec.status == "error" and "ENOEXEC" in enoexec.detail and mine in enoexec.detail
+    perm = "kvm [4242]: Unsupported FSC: EC=0x24 xFSC=0xc ESR_EL2=0x9200000c"
+    assert kvmvm.run_failure([perm], errno.EFAULT, 4242).status == "error"
+    assert "no KVM line" in kvmvm.run_failure([], errno.EFAULT, 4242).detail
+
+
+def test_serror_is_its_own_outcome():
+    taken = kvmvm.Answer("serror", esr=0xBE000000)
+    pending = kvmvm.Answer("serror", isr=kvmvm.ISR_A)
+    assert kvm._probe_result(taken) == ("serror", "ESR 0xbe000000")
+    assert kvm._probe_result(pending)[1] == "pending at the closing barrier (ISR_EL1 0x100)"
+    assert kvm._class_of(taken) == "unknown"  # an SError says nothing of the stage-2 class
+
+
+def test_vmm_unmasks_serror_and_reports_it_apart():
+    start = (kvmbuild.kvm_dir() / "payload" / "start.S").read_text()
+    assert start.index("msr\tdaifclr, #4") < start.index("bl\tdmtk_main")
+    runtime = (kvmbuild.kvm_dir() / "payload" / "runtime.c").read_text()
+    assert "DMTK_EXIT_SERROR" in runtime and "isr_el1" in runtime
+
+
+def test_stage2_fields_in_ktap_and_metadata():
+    read = {"stage2_read": "normal-nc", "stage2_memattr": 5, "stage2_leaf": 4096, "fwb": True}
+    o = Outcome("normal", "load8", "ok", "", "ok")
+    text = probe_cli.ktap("kvm:vfio:0000:00:01.0/2", [o], stage2={"normal": read})
+    assert "# stage2 normal: read=normal-nc memattr=5 leaf=4096 fwb=true\nok 1 normal.load8" in text
+    meta = kvm.stage2_metadata(read, None)
+    assert meta == {"stage2_read": "normal-nc", "stage2_memattr": "5", "stage2_leaf": "4096", "fwb": "true"}
+    gone = kvm.stage2_metadata(kvm.unavailable(kvm.GONE["killed"]), False)
+    assert gone == {"stage2_read": "unavailable: VM killed before the read", "stage2_memattr": "null",
+                    "stage2_leaf": "null", "fwb": "false"}  # the host's FWB where the read has none
+    assert all(isinstance(v, str) and v for v in {**meta, **gone}.values())  # pyperf metadata: strings
+
+
+def test_vfio_window_maps_only_what_is_asked(tmp_path):
+    # A regular file stands in for the device fd: the window arithmetic and the mmap are real.
+    backing = tmp_path / "region"
+    backing.write_bytes(b"")
+    os.truncate(backing, 1 << 24)
+    fd = os.open(backing, os.O_RDWR)
+    try:
+        dev = vfio.Device(fd, 1 << 24, 0, vfio.REGION_MMAP, True, "0000:00:01.0 BAR 2", lambda: None)
+        w = dev.map(100)
+        assert w.size == mmap.PAGESIZE and w.offset == 0
+        ctypes.memmove(w.ptr, b"x", 1)
+        w.close()
+        with pytest.raises(UserError, match="outside the"):
+            dev.map((1 << 24) + 1)
+    finally:
+        os.close(fd)
+    assert os.stat(backing).st_blocks * 512 <= 64 << 10  # only the window was written
+
+
+def test_sweeps_refuse_width_4_and_wc_burst_stays_in_its_burst():
+    from bench import kernels
+
+    lib = kernels.lib()
+    assert not kernels.width_supported(4)  # no 4-byte sweep: 4 used to run the 64-byte path
+    reg = kernels.registry()
+    for name in ("read-bw", "write-bw", "wc-burst"):
+        a = kernels.Args(buf=0x1000, size=4096, width=4, burst=8)
+        assert lib.dmt_supported(reg[name].index, ctypes.byref(a)) == -errno.EINVAL, name
+    # Word kernels keep their 4-byte access.
+    assert lib.dmt_supported(reg["doorbell"].index, ctypes.byref(kernels.Args(buf=0x1000, size=4096, width=4))) == 0

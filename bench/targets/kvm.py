@@ -14,6 +14,12 @@ The kmod-* backings map the BAR in the host with the guestkit dmattr module
 (io_remap_pfn_range with that page protection, never VM_ALLOW_ANY_UNCACHED): kmod-normal
 is a cacheable VM_PFNMAP over non-RAM memory, the stand-in for GPU memory (nvgrace-gpu).
 dmattr claims nothing on the device, so the BAR may be owned by any driver (vfio-pci in the lab).
+
+Only the window a case uses (from the BAR's start, rounded up to the host page) is mapped
+in the host and registered as the memslot, so a 128 GiB GPU BAR runs a 4 KiB probe.  After a
+case has touched the target, while its VM still exists, the leaf stage-2 descriptor KVM
+wrote for the target IPA is read (bench.stage2): every result carries stage2_read,
+stage2_memattr, stage2_leaf and fwb (docs/kvm-target.md).
 """
 from __future__ import annotations
 
@@ -35,6 +41,8 @@ from bench.targets.base import Availability, Mapping, Target, map_memory
 from bench.targets.kmod import KmodTarget, device_path
 from bench.targets.kvmvm import (CAP_CACHEABLE_PFNMAP, OP_INIT, OP_PREFAULT, OP_PROBE, OP_RUN, Answer, KernelLog, Vm,
                                   VmError, cap_text, check_extension, host_dic)
+
+STAGE2_KEYS = ("stage2_read", "stage2_memattr", "stage2_leaf", "fwb")  # in each probe outcome and run's metadata
 from bench.targets.pci import PciTarget, map_file, scratch_bars
 
 FORMS = ("kvm:vfio:<BDF>/<bar>, kvm:sysfs:<BDF>/<bar>, kvm:kmod-normal|kmod-normal-nc|kmod-device-ngnre:<BDF>/<bar> "
@@ -44,6 +52,7 @@ WHAT = {"vfio": "vfio-pci region mmap", "sysfs": "sysfs resourceN mmap", "ram": 
         **{b: f"dmattr {a} mmap" for b, a in kvmpolicy.KMOD_BACKINGS.items()}}
 ARCH_FIXED = ("ldp", "stp", "dc-zva", "exclusive", "atomic")  # outcome not fixed by the architecture
 PROBE_TIMEOUT_MS, RUN_TIMEOUT_MS = 5000, 120000
+PROBE_BYTES = 4096  # the probes' window (rounded up to the host page)
 MAIR = sum((a.mair or 0) << (8 * i) for i, a in enumerate(memtypes.ATTRS)) | 0xFF << 56
 
 
@@ -81,6 +90,48 @@ class MemslotRefused(UserError):
         self.outcome_code = code
 
 
+class VmStartError(UserError):
+    """The case's VM did not start (any failure other than KVM's cacheable-PFNMAP refusal,
+    with its errno): an error of that case; the probes record it as their outcome."""
+
+    def __init__(self, spec: str, detail: str) -> None:
+        super().__init__(f"{spec}: the VM did not start: {detail}")
+        self.detail = detail
+
+
+def unavailable(reason: str) -> dict:
+    """The stage-2 fields of a result whose descriptor could not be read."""
+    return {"stage2_read": f"unavailable: {reason}", "stage2_memattr": None, "stage2_leaf": None, "fwb": None}
+
+
+# Why no descriptor was read, by how the case's last VM ended.
+GONE = {"killed": "VM killed before the read", "hang": "VM hung and was torn down before the read",
+        "error": "VM failed before the read", "refused": "KVM refused the memslot (no stage 2)"}
+
+
+def read_stage2(vm: Vm) -> dict:
+    """The leaf stage-2 descriptor of vm's target IPA, read while vm exists (bench.stage2,
+    after a request touched the target): the four result fields, as JSON values."""
+    try:
+        from bench import stage2  # helper module; absent in an older install
+    except ImportError:
+        return unavailable("bench.stage2 is not installed")
+    try:
+        r = stage2.read(vm.fd, vm.where.target_ipa)
+    except (OSError, UserError) as exc:
+        return unavailable(f"the read failed: {exc}")
+    return {"stage2_read": r.read, "stage2_memattr": r.memattr, "stage2_leaf": r.leaf, "fwb": r.fwb}
+
+
+def stage2_metadata(fields: dict, host_fwb: bool | None) -> dict[str, str]:
+    """The four fields as pyperf metadata (strings; 'null' for none); fwb: the read's, else
+    the host's from its boot log."""
+    fwb = fields["fwb"] if fields["fwb"] is not None else host_fwb
+    text = lambda v: "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)  # noqa: E731
+    return {"stage2_read": fields["stage2_read"], "stage2_memattr": text(fields["stage2_memattr"]),
+            "stage2_leaf": text(fields["stage2_leaf"]), "fwb": {True: "true", False: "false", None: "unknown"}[fwb]}
+
+
 @dataclass(frozen=True)
 class Backing:
     """The host mapping that becomes the VM's target memslot."""
@@ -106,7 +157,8 @@ class KvmTarget(Target):
         self.spec = f"kvm:{self.backing}" + (f":{self.pci.spec.removeprefix('pci:')}" if self.pci else "")
         if self.backing == "vfio":
             vfio.check_bound(self.pci.dev)
-        self._users, self._bar, self._refusal = 0, None, ""
+        self._users, self._device, self._refusal = 0, None, ""
+        self.stage2_reads: dict[str, dict] = {}  # attr -> the four stage-2 fields (run_probes)
 
     # --- what the host is and what KVM should do ---------------------------------------
     @cached_property
@@ -134,13 +186,15 @@ class KvmTarget(Target):
     def observed(self) -> str:
         """Stage-2 class seen by the probe (normal stage 1 + unaligned 8-byte load)."""
         probe = next(p for p in probes() if p.name == "load8-unaligned")
-        backing = self._map(4096)
+        backing = self._map(PROBE_BYTES)
         try:
             answer = self._probe_vm(backing, lambda vm: vm.call(OP_PROBE, probe.index, self.attr_index("normal"),
                                                                  timeout_ms=PROBE_TIMEOUT_MS))
         except MemslotRefused as exc:
             self._refusal = exc.outcome_code
             return "refused"
+        except VmStartError:
+            return "unknown"  # the probes record the error itself, case by case
         finally:
             backing.close()
         return kvmpolicy.observed_class("ok" if answer.status == "done" and answer.ret == 0 else answer.status)
@@ -195,59 +249,75 @@ class KvmTarget(Target):
                        self.spec, b.close)
 
     def _map(self, size: int) -> Backing:
-        """A host mapping of at least `size` bytes.  A BAR is mapped whole, once per process,
-        and shared (a vfio group can be open only once); close() drops one user."""
-        if self.pci and size > self.pci.bar.size:
+        """A host mapping of the first `size` bytes of the backing (rounded up to the host
+        page): only the window a case uses, never the whole BAR.  The vfio device is opened
+        once per process and shared (a vfio group can be open only once); close() unmaps
+        the window and drops one user of the device."""
+        length = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+        if self.pci and length > self.pci.bar.size:
             raise UserError(f"{self.spec}: BAR {self.pci.index} is {self.pci.bar.size} bytes, smaller than the "
                             f"{size} asked: pass a smaller --size")
         if self.backing == "ram":
-            length = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
             ptr, close = map_memory(length, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
             return Backing(ptr, length, True, "anonymous mmap (KVM: guest RAM)", close)
+        if self.kmod:
+            return self._map_kmod(length)
+        if self.backing == "sysfs":
+            return self._map_sysfs(length)
+        return self._map_vfio(length)
+
+    def _map_vfio(self, length: int) -> Backing:
         if not self._users:
-            self._bar = self._map_bar()
+            self._device = vfio.open_device(self.pci.dev, self.pci.index, self.pci.allow_writes)
         self._users += 1
-        bar, state = self._bar, {"open": True}
+        try:
+            r = self._device.map(length)
+        except BaseException:
+            self._drop_device()
+            raise
+        state = {"open": True}
 
         def release() -> None:
             if state["open"]:
                 state["open"] = False
-                self._users -= 1
-                if not self._users:
-                    bar.close()
+                r.close()
+                self._drop_device()
 
-        return Backing(bar.ptr, bar.size, bar.writable, bar.realised, release)
+        return Backing(r.ptr, r.size, self.pci.allow_writes,
+                       f"vfio-pci region {self.pci.index} at offset {self._device.offset:#x} "
+                       f"({r.size} of {self._device.region_size} bytes mapped)", release)
 
-    def _map_bar(self) -> Backing:
-        writable = self.pci.allow_writes
-        if self.kmod:
-            return self._map_kmod()
-        if self.backing == "vfio":
-            r = vfio.open_region(self.pci.dev, self.pci.index, writable)
-            return Backing(r.ptr, r.size, writable, f"vfio-pci region {self.pci.index} at offset {r.offset:#x}", r.close)
-        return self._map_sysfs(writable)
+    def _drop_device(self) -> None:
+        self._users -= 1
+        if not self._users:
+            self._device.close()
+            self._device = None
 
-    def _map_kmod(self) -> Backing:
-        """The whole BAR through /dev/dmattr with the backing's page protection."""
+    def _map_kmod(self, length: int) -> Backing:
+        """The window through /dev/dmattr with the backing's page protection."""
         attr = kvmpolicy.KMOD_BACKINGS[self.backing]
         self.pci._enable()  # memory decoding on where no driver owns the device
-        m = self.kmod.open(attr, self.pci.bar.size)
+        m = self.kmod.open(attr, length)
         return Backing(m.ptr, m.size, m.writable, f"dmattr {attr} mmap of BAR {self.pci.index} "
-                                                  "(VM_PFNMAP, no VM_ALLOW_ANY_UNCACHED)", m.close)
+                                                  f"({m.size} bytes; VM_PFNMAP, no VM_ALLOW_ANY_UNCACHED)", m.close)
 
-    def _map_sysfs(self, writable: bool) -> Backing:
+    def _map_sysfs(self, length: int) -> Backing:
         path = self.pci.dev / f"resource{self.pci.index}"
+        writable = self.pci.allow_writes
         self.pci._enable()  # memory decoding on, as the pci target does
-        ptr, size, close = map_file(path, None, writable)
-        return Backing(ptr, size, writable, f"sysfs {path.name} mmap", close)
+        ptr, size, close = map_file(path, length, writable)
+        return Backing(ptr, size, writable, f"sysfs {path.name} mmap ({size} bytes)", close)
 
     def _vm(self, backing: Backing, ram: int = 0, heap: int = 1 << 20, timeout_ms: int = PROBE_TIMEOUT_MS) -> Vm:
+        cacheable = self.backing in kvmpolicy.KMOD_BACKINGS and memtypes.canonical(
+            kvmpolicy.KMOD_BACKINGS[self.backing]) == "normal"
         try:
-            return Vm(backing.ptr, backing.size, MAIR, ram, heap, timeout_ms, readonly=not backing.writable)
+            return Vm(backing.ptr, backing.size, MAIR, ram, heap, timeout_ms, readonly=not backing.writable,
+                      cacheable=cacheable)
         except VmError as exc:
             if exc.answer.status == "refused":
                 raise MemslotRefused(self.spec, exc.answer.code) from None
-            raise UserError(f"{self.spec}: the VM did not start: {exc}") from None
+            raise VmStartError(self.spec, str(exc)) from None
 
     def _probe_vm(self, backing: Backing, fn) -> Answer:
         with self._vm(backing) as vm:
@@ -269,39 +339,63 @@ class KvmTarget(Target):
         return KvmTimer(self, case)
 
     def run_probes(self, attrs: list[str], selected: list[Probe], stage2: str | None) -> dict[str, list[Outcome]]:
-        """Every probe for every attribute inside VMs over one host mapping; a fresh VM after
-        one is killed or hangs.  A refused memslot makes every probe's outcome `refused`."""
+        """Every probe for every attribute inside VMs over one host window; a fresh VM after
+        one is killed, hangs or fails.  A refused memslot makes every probe's outcome
+        `refused`; a VM that cannot start for another reason makes it `error` (with the
+        errno).  Per attribute, the target's stage-2 descriptor is read from a VM that is
+        still alive after a probe of that attribute touched the target (stage2_reads)."""
         s2 = stage2 if stage2 not in (None, "none", "unknown") else self.prediction.stage2
-        backing = self._map(4096)
+        backing = self._map(PROBE_BYTES)
         vm: Vm | None = None
-        refused = ""  # why KVM refused the memslot, once it has
+        gone = ""  # refused / error: the VM cannot be had (outcome, code)
         rows: dict[str, list[Outcome]] = {}
         try:
             for attr in attrs:
                 rows[attr] = []
+                read: dict = unavailable("no probe of this attribute touched the target")
                 for p in selected:
                     if p.writes and not backing.writable:
                         rows[attr].append(Outcome(attr, p.name, "skip", "writes not allowed (--allow-writes)"))
                         continue
-                    if not vm and not refused:
-                        try:
-                            vm = self._vm(backing)
-                        except MemslotRefused as exc:
-                            refused = exc.outcome_code
-                    if refused:
-                        rows[attr].append(Outcome(attr, p.name, "refused", refused, expected_outcome(p, attr, s2)))
+                    if not vm and not gone:
+                        vm, gone = self._probe_vm_or_why(backing)
+                    if gone:
+                        result, code = gone
+                        rows[attr].append(Outcome(attr, p.name, result, code, expected_outcome(p, attr, s2)))
+                        read = unavailable(GONE[result])
                         continue
                     answer = vm.call(OP_PROBE, p.index, self.attr_index(attr), timeout_ms=PROBE_TIMEOUT_MS)
-                    if answer.status not in ("done", "fault"):
+                    if answer.status in ("done", "fault", "serror"):
+                        if not _read_ok(read):
+                            read = read_stage2(vm)  # the VM exists and the probe's access has run
+                    else:
                         vm.close()
                         vm = None
+                        if not _read_ok(read):
+                            read = unavailable(GONE.get(answer.status, GONE["error"]))
                     result, code = _probe_result(answer)
                     rows[attr].append(Outcome(attr, p.name, result, code, expected_outcome(p, attr, s2)))
+                if read["fwb"] is None:
+                    read = {**read, "fwb": self.fwb}  # the host's, from its boot log, where the read has none
+                self.stage2_reads[attr] = read
         finally:
             if vm:
                 vm.close()
             backing.close()
         return rows
+
+    def _probe_vm_or_why(self, backing: Backing) -> tuple[Vm | None, tuple[str, str] | str]:
+        """A fresh VM for the probes, or ('', (result, code)) when it cannot be had."""
+        try:
+            return self._vm(backing), ""
+        except MemslotRefused as exc:
+            return None, ("refused", exc.outcome_code)
+        except VmStartError as exc:
+            return None, ("error", exc.detail)
+
+
+def _read_ok(fields: dict) -> bool:
+    return not str(fields["stage2_read"]).startswith("unavailable")
 
 
 def expected_outcome(probe: Probe, attr: str, stage2: str | None) -> str:
@@ -322,7 +416,8 @@ def expected_outcome(probe: Probe, attr: str, stage2: str | None) -> str:
 
 
 def _probe_result(a: Answer) -> tuple[str, str]:
-    """A payload answer as a probe result, named as bench.probe names the forked ones."""
+    """A payload answer as a probe result, named as bench.probe names the forked ones
+    (serror: an SError by the closing barrier, never ok)."""
     if a.status == "done":
         if a.ret == -errno.EOPNOTSUPP:
             return "skip", "not on this CPU"
@@ -336,7 +431,7 @@ def _class_of(a: Answer) -> str:
     if a.status == "fault" and a.esr & 0x3F == 0x21:  # DFSC: alignment fault
         return "device"
     if a.status == "killed":
-        return "device"  # the only stage-2 fault an unaligned access to a memslot raises
+        return "device"  # the only stage-2 fault an unaligned access to a memslot raises (xFSC 0x21)
     return "normal" if a.status == "done" and a.ret == 0 else "unknown"
 
 
@@ -352,11 +447,16 @@ class KvmTimer:
         self.vm = target._vm(b, ram=case.size if needs_ram else 0, heap=case.size // 8 + (1 << 20),
                              timeout_ms=RUN_TIMEOUT_MS)
         self.attr = target.attr_index(case.attr)
-        # Stage-2 faults of the first touch are not timed; stores only where the kernel writes.
-        self._ok(self.vm.call(OP_PREFAULT, 0, self.attr, loops=int(case.kernel.writes)), "prefault")
+        # Stage-2 faults of the first touch are not timed.  Only the case's own range, and
+        # stores only where the kernel writes (the VMM never stores to a read-only target).
+        self._ok(self.vm.call(OP_PREFAULT, 0, self.attr, loops=int(case.kernel.writes), offset=0,
+                              length=min(case.size, self.mapping.size)), "prefault")
         self._ok(self.vm.call(OP_INIT, case.kernel.index, self.attr, args=case.args()), "init")
+        # The case has touched the target and its VM exists: read what KVM mapped there.
+        stage2 = stage2_metadata(read_stage2(self.vm), target.fwb)
         self.metadata = {**target.stage2_facts(), "clock": f"CNTVCT_EL0 in the guest ({self.vm.cntfrq} Hz)",
-                         "realised": self.mapping.realised, "effective_inferred": target.classify(self.mapping)}
+                         "realised": self.mapping.realised, "effective_inferred": target.classify(self.mapping),
+                         **stage2}
         fwb = target.fwb is True
         pred = target.prediction  # may say refused where this host's KVM took the memslot: a disagreement
         effective = "unknown" if pred.refused else memtypes.combine(case.attr, pred.stage2, fwb).effective
@@ -364,8 +464,12 @@ class KvmTimer:
 
     def _ok(self, answer: Answer, step: str) -> int:
         if answer.status != "done":
-            what = {"killed": "VM killed by the host", "fault": "exception in the guest"}.get(answer.status, answer.status)
+            what = {"killed": "VM killed by the host", "fault": "exception in the guest",
+                    "serror": "SError in the guest"}.get(answer.status, answer.status)
             raise UserError(f"{self.case.name}: {what} during {step}: {answer.code or answer.detail}")
+        if answer.ret == -errno.ERANGE and step == "the timed loop":
+            raise UserError(f"{self.case.name}: the kernel's calibrated overhead is at least the measured time in the "
+                            "guest: the access is not measurable at this loop count (a longer run or a quieter host)")
         if answer.ret < 0:
             raise UserError(f"{self.case.name}: kernel {step} failed in the guest with {os.strerror(-answer.ret)}")
         return answer.ret

@@ -1,17 +1,23 @@
 """ctypes view of the tiny VMM (c_kernels/kvm/vmm.c): one KVM VM running the payload.
 
-A request ends as an Answer: done (the payload's return value), fault (an exception the
-payload took at EL1, with ESR/FAR/ELR), killed (KVM_RUN failed; `detail` is the host
-kernel's log line that says why), hang, or error.  A VM can also fail to open as refused:
-KVM would not take the target memslot (`detail`: the errno and the cacheable-PFNMAP
-capability of that VM).  A killed VM or a refused memslot is an outcome, not a crash.
+A request ends as an Answer: done (the payload's return value), fault (a synchronous
+exception the payload took at EL1, with ESR/FAR/ELR), serror (an SError taken at EL1, or
+still pending at the request's closing barrier: ESR, ISR), killed (KVM_RUN failed with
+EFAULT and the host logged this vCPU's `Unsupported FSC ... xFSC=0x21`: a stage-2
+alignment fault KVM cannot handle; `detail` is that line), hang, or error (any other
+KVM_RUN failure, with its errno and the host's log line, or a step that failed).  A VM can
+also fail to open as refused: KVM would not take a cacheable PFNMAP as a memslot (EINVAL;
+`detail`: the errno and the cacheable-PFNMAP capability of that VM).  A killed VM or a
+refused memslot is an outcome, not a crash.
 """
 from __future__ import annotations
 
 import ctypes
 import errno
 import os
+import re
 import struct
+import threading
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -20,10 +26,12 @@ from bench import kbuild, kvmbuild
 from bench.errors import UserError
 from bench.kernels import Args
 
-VMM_ABI = 2
+VMM_ABI = 3
 OP_INFO, OP_INIT, OP_RUN, OP_PROBE, OP_PREFAULT = 1, 2, 3, 4, 5
-TARGET_READONLY = 1
-STATUS = ("done", "fault", "killed", "hang", "error", "refused")
+TARGET_READONLY, TARGET_CACHEABLE = 1, 2  # DMTK_TARGET_*: read-only memslot; a cacheable PFNMAP
+# The VMM's statuses by number; runfail (KVM_RUN failed) becomes killed or error here.
+STATUS = ("done", "fault", "runfail", "hang", "error", "refused", "serror")
+ISR_A = 1 << 8              # ISR_EL1.A: an SError pending
 CAP_CACHEABLE_PFNMAP = 243  # KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED (Linux 6.17), answered on a VM fd
 CTR_DIC = 1 << 29           # CTR_EL0.DIC: no instruction-cache invalidation needed for coherence
 RAM_IPA = 0x40000000
@@ -43,24 +51,33 @@ class Result(ctypes.Structure):
 
     _fields_ = [("status", ctypes.c_int32), ("err", ctypes.c_int32), ("ret", ctypes.c_int64),
                 ("esr", ctypes.c_uint64), ("far", ctypes.c_uint64), ("elr", ctypes.c_uint64),
-                ("vector", ctypes.c_uint64), ("exit_reason", ctypes.c_uint64), ("what", ctypes.c_char * 96)]
+                ("vector", ctypes.c_uint64), ("exit_reason", ctypes.c_uint64), ("isr", ctypes.c_uint64),
+                ("retried", ctypes.c_uint64), ("what", ctypes.c_char * 96)]
 
 
 @dataclass(frozen=True)
 class Answer:
     """How one request ended."""
 
-    status: str          # done | fault | killed | hang | error | refused
+    status: str          # done | fault | serror | killed | hang | error | refused
     ret: int = 0         # payload return value (done); refused: the capability value
-    esr: int = 0         # fault: ESR_EL1
+    esr: int = 0         # fault, serror: ESR_EL1
     far: int = 0
     detail: str = ""     # killed: host log line; hang/error: what happened
+    isr: int = 0         # serror: ISR_EL1 (A set: still pending at the closing barrier)
+    err: int = 0         # error/killed: errno of the failing call
 
     @property
     def code(self) -> str:
         """The outcome's `code` in probe output: 'ESR 0x96000021', the host log line, or
         why the memslot was refused."""
-        return f"ESR {self.esr:#x}" if self.status == "fault" else self.detail
+        if self.status == "fault":
+            return f"ESR {self.esr:#x}"
+        if self.status == "serror":
+            if self.isr & ISR_A and not self.esr:
+                return f"pending at the closing barrier (ISR_EL1 {self.isr:#x})"
+            return f"ESR {self.esr:#x}"
+        return self.detail
 
 
 def artefact_dir() -> Path:
@@ -117,7 +134,11 @@ def _loaded() -> tuple[ctypes.CDLL, bytes]:
         raise UserError(f"{d / kvmbuild.VMM_LIB} has VMM ABI {so.dmtk_abi()}, expected {VMM_ABI}: delete it to rebuild")
     so.dmtk_open.argtypes = [ctypes.POINTER(Config), ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(Result)]
     so.dmtk_call.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint64,
-                             ctypes.c_uint64, ctypes.POINTER(Args), ctypes.c_uint32, ctypes.POINTER(Result)]
+                             ctypes.c_uint64, ctypes.c_uint64, ctypes.POINTER(Args), ctypes.c_uint32,
+                             ctypes.POINTER(Result)]
+    so.dmtk_vm_fd.argtypes = [ctypes.c_void_p]
+    so.dmtk_where.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64 * 5)]
+    so.dmtk_inject_serror.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
     so.dmtk_close.argtypes = [ctypes.c_void_p]
     so.dmtk_info.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64 * 4)]
     so.dmtk_check_extension.argtypes = [ctypes.c_uint32, ctypes.c_int32]
@@ -194,26 +215,61 @@ def host_dic() -> bool:
     return bool(so.dmtk_ctr_el0() & CTR_DIC)
 
 
-def kill_reason(messages: list[str], err: int) -> str:
-    """The host log line that explains a failed KVM_RUN (KVM's own 'kvm [pid]: ...'
-    lines first), else the errno in words."""
+def kill_reason(messages: list[str], err: int, tid: int | None = None) -> str:
+    """The host log line that explains a failed KVM_RUN (KVM's own 'kvm [tid]: ...' lines,
+    of vCPU thread `tid` where given, first), else the errno in words."""
     kvm = [m for m in messages if m.startswith("kvm [") or "Unsupported FSC" in m]
+    if tid is not None:
+        kvm = [m for m in kvm if not m.startswith("kvm [") or m.startswith(f"kvm [{tid}]")]
     if kvm:
         return kvm[-1].strip()
     return f"KVM_RUN: {os.strerror(err)} (no KVM line in the host log)"
 
 
+# KVM's line for a stage-2 fault it cannot handle (arch/arm64/kvm/mmu.c, kvm_handle_guest_abort:
+# kvm_err("Unsupported FSC: EC=%#x xFSC=%#lx ESR_EL2=%#lx"); kvm_err prefixes "kvm [%i]: "
+# with task_pid_nr(current), the vCPU thread).  xFSC 0x21: an alignment fault.
+_STAGE2_ALIGNMENT = re.compile(r"^kvm \[(\d+)\]: Unsupported FSC: .*xFSC=0x21\b")
+
+
+def run_failure(messages: list[str], err: int, tid: int) -> Answer:
+    """A failed KVM_RUN as an answer: killed only for EFAULT with this vCPU thread's
+    `Unsupported FSC ... xFSC=0x21` line (the VM died of a stage-2 alignment fault, which
+    the probes read as stage-2 Device); any other failure is an error that names the errno
+    and the host's log line."""
+    for m in reversed(messages):
+        hit = _STAGE2_ALIGNMENT.match(m.strip())
+        if err == errno.EFAULT and hit and int(hit.group(1)) == tid:
+            return Answer("killed", detail=m.strip(), err=err)
+    line = kill_reason(messages, err, tid)
+    log = line if not line.startswith("KVM_RUN:") else "no KVM line in the host log"
+    return Answer("error", detail=f"KVM_RUN failed with {errno_name(err)} ({os.strerror(err)}); host log: {log}", err=err)
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where the VMM put things in one VM (dmtk_where)."""
+
+    target_ipa: int
+    target_size: int
+    ipa_bits: int
+    window_stride: int
+    ram_bytes: int
+
+
 class Vm:
-    """One booted VM over the host mapping [ptr, ptr + size)."""
+    """One booted VM over the host mapping [ptr, ptr + size): the window a case uses."""
 
     def __init__(self, ptr: int, size: int, mair: int, ram_size: int = 0, heap_size: int = 1 << 20,
-                 timeout_ms: int = 10000, readonly: bool = False) -> None:
+                 timeout_ms: int = 10000, readonly: bool = False, cacheable: bool = False) -> None:
         self._so, image = _loaded()
         self._image = ctypes.create_string_buffer(image, len(image))
+        flags = (TARGET_READONLY if readonly else 0) | (TARGET_CACHEABLE if cacheable else 0)
         cfg = Config(ctypes.cast(self._image, ctypes.c_void_p), len(image), ptr, size, ram_size, heap_size, mair,
-                     timeout_ms, TARGET_READONLY if readonly else 0)
+                     timeout_ms, flags)
         self._log = KernelLog()
         self._vm = ctypes.c_void_p()
+        self._tid = threading.get_native_id()  # KVM's log lines name the vCPU thread: this one
         res = Result()
         if self._so.dmtk_open(ctypes.byref(cfg), ctypes.byref(self._vm), ctypes.byref(res)) < 0:
             answer = self._answer(res)
@@ -222,29 +278,52 @@ class Vm:
         info = (ctypes.c_uint64 * 4)()
         self._so.dmtk_info(self._vm, ctypes.byref(info))
         self.cntfrq, self.features, self.midr, self.mmfr2 = info
+        where = (ctypes.c_uint64 * 5)()
+        self._so.dmtk_where(self._vm, ctypes.byref(where))
+        self.where = Where(*where)
+        self.retried = 0  # EINTRs of the last request that the VMM retried
+
+    @property
+    def fd(self) -> int:
+        """The KVM VM fd (KVM_CREATE_VM's), for reading its stage-2 tables (bench.stage2)."""
+        return int(self._so.dmtk_vm_fd(self._vm))
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._vm)
 
     def _answer(self, res: Result) -> Answer:
         status = STATUS[res.status]
-        if status == "killed":
-            return Answer(status, res.ret, detail=kill_reason(self._log.new_messages(), res.err))
+        if status == "runfail":
+            return run_failure(self._log.new_messages(), res.err, self._tid)
         if status == "refused":
-            return Answer(status, res.ret, detail=refusal(res.err, res.ret))
+            return Answer(status, res.ret, detail=refusal(res.err, res.ret), err=res.err)
         if status == "hang":
             return Answer(status, detail="no answer before the timeout (vCPU interrupted)")
         if status == "error":
             what = res.what.decode()
             extra = f" ({res.exit_reason:#x})" if "exit_reason" in what else ""
-            return Answer(status, detail=f"{what}: {os.strerror(res.err)}{extra}")
-        return Answer(status, res.ret, res.esr, res.far)
+            cap = (f"; KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED={cap_text(res.ret)}"
+                   if "target memory" in what else "")
+            return Answer(status, detail=f"{what}: {errno_name(res.err)} ({os.strerror(res.err)}){extra}{cap}",
+                          err=res.err)
+        return Answer(status, res.ret, res.esr, res.far, isr=res.isr)
 
     def call(self, op: int, index: int = 0, attr: int = 0, loops: int = 0, offset: int = 0,
-             args: Args | None = None, timeout_ms: int = 0) -> Answer:
-        """One request to the payload."""
+             args: Args | None = None, timeout_ms: int = 0, length: int = 0) -> Answer:
+        """One request to the payload (length: PREFAULT's range from offset)."""
         res = Result()
         self._log.new_messages()  # only lines logged during this request explain it
-        self._so.dmtk_call(self._vm, op, index, attr, loops, offset, ctypes.byref(args) if args else None,
+        self._tid = threading.get_native_id()
+        self._so.dmtk_call(self._vm, op, index, attr, loops, offset, length, ctypes.byref(args) if args else None,
                            timeout_ms, ctypes.byref(res))
+        self.retried = int(res.retried)
         return self._answer(res)
+
+    def inject_serror(self, esr: int = 0) -> int:
+        """Make a virtual SError pending (KVM_SET_VCPU_EVENTS), as the host does for an
+        asynchronous abort the guest caused: 0 or -errno."""
+        return int(self._so.dmtk_inject_serror(self._vm, esr))
 
     def close(self) -> None:
         if self._vm:

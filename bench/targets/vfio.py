@@ -30,13 +30,43 @@ _REGION = struct.Struct("=IIIIQQ")  # struct vfio_region_info
 
 @dataclass(frozen=True)
 class Region:
-    """A mapped vfio region: host address, size, and how to undo it."""
+    """A mapped window of a vfio region: host address, bytes mapped, the region's offset in
+    the device fd, and how to undo it."""
 
     ptr: int
     size: int
     offset: int
     flags: int
     close: Callable[[], None]
+
+
+@dataclass(frozen=True)
+class Device:
+    """An open vfio-pci device (container, group and device fds) and one of its regions:
+    windows of it are mapped with map(); close() closes the fds (after the windows)."""
+
+    fd: int
+    region_size: int
+    offset: int
+    flags: int
+    writable: bool
+    name: str
+    close: Callable[[], None]
+
+    def map(self, length: int, start: int = 0) -> Region:
+        """mmap `length` bytes (rounded up to the host page) at `start` of the region: a case
+        maps only what it uses, so a 128 GiB BAR costs a 4 KiB probe nothing more."""
+        page = mmap.PAGESIZE
+        length = -(-length // page) * page
+        if start % page or start + length > self.region_size:
+            raise UserError(f"{self.name}: window {start:#x}+{length:#x} is outside the {self.region_size:#x}-byte "
+                            "region or not page aligned: pass a smaller --size")
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if self.writable else 0)
+        try:
+            ptr, unmap = map_memory(length, prot, mmap.MAP_SHARED, self.fd, self.offset + start)
+        except OSError as exc:
+            raise UserError(f"cannot mmap {self.name} through vfio: {exc.strerror}") from None
+        return Region(ptr, length, self.offset + start, self.flags, unmap)
 
 
 def bind_hint(bdf: str) -> str:
@@ -74,8 +104,8 @@ def _refused(what: str, exc: OSError) -> UserError:
     return UserError(f"{what} failed: {exc.strerror}")
 
 
-def open_region(dev: Path, bar: int, writable: bool) -> Region:
-    """mmap BAR `bar` of the vfio-pci device at sysfs path `dev`."""
+def open_device(dev: Path, bar: int, writable: bool) -> Device:
+    """Open the vfio-pci device at sysfs path `dev` for BAR `bar` (nothing mapped yet)."""
     group_no = check_bound(dev)
     fds: list[int] = []
 
@@ -107,21 +137,27 @@ def open_region(dev: Path, bar: int, writable: bool) -> Region:
             raise UserError(f"{dev.name} BAR {bar} is empty (size 0 in vfio): pick a memory BAR")
         if not flags & REGION_MMAP:
             raise UserError(f"{dev.name} BAR {bar} cannot be mmapped through vfio (region flags {flags:#x})")
-        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        length = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
-        try:
-            ptr, unmap = map_memory(length, prot, mmap.MAP_SHARED, device, offset)
-        except OSError as exc:
-            raise UserError(f"cannot mmap {dev.name} BAR {bar} through vfio: {exc.strerror}") from None
     except BaseException:
         close_all()
         raise
+    return Device(device, size, offset, flags, writable, f"{dev.name} BAR {bar}", close_all)
+
+
+def open_region(dev: Path, bar: int, writable: bool, length: int | None = None) -> Region:
+    """mmap BAR `bar` of the vfio-pci device at sysfs path `dev`: its first `length` bytes
+    (default: all of it); close() unmaps and closes the device."""
+    device = open_device(dev, bar, writable)
+    try:
+        window = device.map(device.region_size if length is None else length)
+    except BaseException:
+        device.close()
+        raise
 
     def close() -> None:
-        unmap()
-        close_all()
+        window.close()
+        device.close()
 
-    return Region(ptr, length, offset, flags, close)
+    return Region(window.ptr, window.size, window.offset, window.flags, close)
 
 
 def _open(path: str, fds: list[int]) -> int:

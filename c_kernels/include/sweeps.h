@@ -74,6 +74,9 @@ DMT_DEFINE_SWEEPS(16)
 DMT_DEFINE_SWEEPS(32)
 DMT_DEFINE_SWEEPS(64)
 
+/* The dispatchers take only the widths dmt_width_supported() accepts (8, 16, 32, 64): each
+ * kernel's supported() checks the width first, so the 64-byte default is never reached
+ * with another width. */
 static inline uint64_t dmt_read(const void *p, uint64_t n, uint32_t w)
 {
 	switch (w) {

@@ -1,7 +1,9 @@
 /* Payload entry and EL1 exception vectors.  KVM_ARM_VCPU_INIT leaves the vCPU at EL1h with
- * the MMU off and interrupts masked; with the MMU off every data access is Device-nGnRnE,
+ * the MMU off and DAIF all masked; with the MMU off every data access is Device-nGnRnE,
  * so the MMU is turned on here, before any C runs (the compiler may emit accesses that
- * would fault on Device memory). */
+ * would fault on Device memory).  SError is then unmasked (DAIF.A): an asynchronous abort
+ * from an access to the target is taken (vector 7) and reported as `serror`, where a
+ * masked one would stay pending and the request would read as done. */
 #include "abi.h"
 
 	.section .text.start, "ax"
@@ -31,6 +33,8 @@ _start:
 	mov	x2, #((1 << 1) | (1 << 3) | (1 << 4))	/* A, SA, SA0 off: only the memory type decides alignment faults */
 	bic	x1, x1, x2
 	msr	sctlr_el1, x1
+	isb
+	msr	daifclr, #4			/* unmask SError (A); IRQ and FIQ stay masked */
 	isb
 	bl	dmtk_main
 1:	wfi

@@ -60,6 +60,10 @@ def ensure_host(arch: Arch) -> list[str]:
         apt.update()
         apt.install(["cpio"])
         done.append("cpio")
+    if not shutil.which("likwid-bench"):  # bench selfcheck's independent peer for the RAM bandwidth kernels
+        apt.update()
+        apt.install(["likwid"])
+        done.append("likwid")
     if not arch.native() and not (shutil.which(arch.cross_cc) and Path(arch.cross_header).exists()):
         apt.update()
         apt.install(list(arch.cross_pkgs))

@@ -81,15 +81,23 @@ def cmd_track(argv: list[str]) -> int:
 
     p = _Parser(prog="python -m bench track", description=track.__doc__)
     p.add_argument("dir", type=Path, help="results/<machine>/ (every *.json in it, by date)")
-    p.add_argument("--window", type=int, default=track.WINDOW, help=f"baseline runs before the newest (default {track.WINDOW})")
+    p.add_argument("--window", type=int, default=track.WINDOW,
+                   help=f"at most this many runs before the newest form the history (default {track.WINDOW}, "
+                        f"at least {track.MIN_BASELINE})")
     p.add_argument("--threshold", type=float, default=track.THRESHOLD,
                    help=f"minimum change in percent to flag (default {track.THRESHOLD})")
-    p.add_argument("--alpha", type=float, default=track.ALPHA, help=f"Mann-Whitney U level (default {track.ALPHA})")
+    p.add_argument("--alpha", type=float, default=track.ALPHA,
+                   help=f"family-wise level of the prediction-interval test, Holm-adjusted across the newest "
+                        f"run's benchmarks (default {track.ALPHA})")
     p.add_argument("--plots", type=Path, default=None, help="where trend PNGs go (default DIR/trends)")
     p.add_argument("--format", choices=FORMATS, default="text")
     _common(p)
     args = p.parse_args(argv)
-    result = track.track(args.dir, args.window, args.threshold, args.alpha, args.allow_emulated)
+    try:
+        result = track.track(args.dir, args.window, args.threshold, args.alpha, args.allow_emulated)
+    except track.TooFewRuns as exc:  # a new machine: nothing to gate yet, not a failure
+        print(exc)
+        return 0
     print(tables.render(result.table, args.format))
     for path in track.plot_trends(result, args.plots or args.dir / "trends"):
         print(f"trend: {path}")

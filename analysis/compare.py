@@ -13,6 +13,7 @@ from analysis.tables import Section, Table, fmt_value
 from bench import units
 from bench.errors import UserError
 
+REPEAT_HINT = "3 files a side, one command each: python -m bench run --repeat 3 ..."
 BACKSLASH = "\\"  # lkp's column markers (no backslash inside f-string braces before 3.12)
 
 
@@ -118,6 +119,7 @@ def notes_for(c: Comparison, many: bool) -> list[str]:
     short = next((r.short for r in c.rows if r.short), None)
     if short:
         out.append(f"too few runs for a verdict ({short})")
+        out.append(REPEAT_HINT)
     machines = list(dict.fromkeys(r.machine for r in (*c.base, *c.new)))
     if len(machines) > 1:
         out.append(f"note: different machines ({', '.join(machines)}): the change includes the machine")

@@ -38,11 +38,21 @@ def _title_suffix(runs: list[Run]) -> str:
     return f"{' vs '.join(dict.fromkeys(r.describe() for r in runs))}{emu}"
 
 
-def bars(runs: list[Run], out: Path) -> Path:
+def _group_colors(groups: list[str]) -> dict[str, str]:
+    """One colour per group for the whole figure, so one legend serves every panel."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {g: cycle[i % len(cycle)] for i, g in enumerate(groups)}
+
+
+def bars_figure(runs: list[Run]) -> plt.Figure:
+    """The bars figure (not saved): one panel per workload and one legend for the whole
+    figure, below the panels, so that it never covers a bar (issue 19)."""
     workloads = list(dict.fromkeys(s.workload for r in runs for s in r.series.values()))
     cols = min(3, len(workloads))
     rows = math.ceil(len(workloads) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows + 0.8), squeeze=False,
+                             layout="constrained")
+    colors = _group_colors(list(dict.fromkeys(f"{_tag(r, runs)}{s.attr}" for r in runs for s in r.series.values())))
     for ax, workload in zip(axes.flat, workloads):
         series = [(r, s) for r in runs for s in r.series.values() if s.workload == workload]
         labels = list(dict.fromkeys(s.label.removeprefix(workload) for _, s in series))
@@ -58,17 +68,21 @@ def bars(runs: list[Run], out: Path) -> Path:
                     meds.append(e.median)
                     errs[0].append(e.median - e.lo)
                     errs[1].append(e.hi - e.median)
-            ax.bar(xs, meds, width, yerr=errs, capsize=3, label=group)
-        unit = series[0][1].unit
+            ax.bar(xs, meds, width, yerr=errs, capsize=3, label=group, color=colors[group])
         ax.set_title(f"{workload} ({units.better(series[0][1].unit)})")
-        ax.set_ylabel(unit)
+        ax.set_ylabel(series[0][1].unit)
         ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
-        ax.legend(fontsize=7, title="run attribute" if len(runs) > 1 else "attribute", title_fontsize=7,
-                  loc="best", framealpha=0.6)
     for ax in list(axes.flat)[len(workloads):]:
         ax.set_visible(False)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
     fig.suptitle(f"dmtbench: median of process medians, 95% cluster-bootstrap CI - {_title_suffix(runs)}")
-    fig.tight_layout()
+    fig.legend(handles, list(colors), loc="outside lower center", ncol=min(len(colors), 4), fontsize=8,
+               title="run attribute" if len(runs) > 1 else "attribute", title_fontsize=8)
+    return fig
+
+
+def bars(runs: list[Run], out: Path) -> Path:
+    fig = bars_figure(runs)
     path = out / "bars.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -85,8 +99,9 @@ def _sweeps(runs: list[Run]) -> dict[str, dict[str, list[Series]]]:
     return {w: lines for w, lines in out.items() if any(len({s.size for s in ss}) > 1 for ss in lines.values())}
 
 
-def sweep(workload: str, lines: dict[str, list[Series]], runs: list[Run], out: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+def sweep_figure(workload: str, lines: dict[str, list[Series]], runs: list[Run]) -> plt.Figure:
+    """One workload's value against mapping size (not saved); legend outside the axes."""
+    fig, ax = plt.subplots(figsize=(9, 4.5), layout="constrained")
     for name, ss in lines.items():
         ss = sorted(ss, key=lambda s: s.size)
         est = [stats.estimate(s.runs) for s in ss]
@@ -100,20 +115,25 @@ def sweep(workload: str, lines: dict[str, list[Series]], runs: list[Run], out: P
     ax.set_xlabel("mapping size (bytes, log scale)")
     ax.set_ylabel(unit)
     ax.set_title(f"{workload} vs size\n{_title_suffix(runs)}", fontsize=9)
-    ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
+    fig.legend(fontsize=7, loc="outside right upper")
+    return fig
+
+
+def sweep(workload: str, lines: dict[str, list[Series]], runs: list[Run], out: Path) -> Path:
+    fig = sweep_figure(workload, lines, runs)
     path = out / f"sweep-{workload}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def latency_ecdf(runs: list[Run], out: Path) -> Path | None:
+def ecdf_figure(runs: list[Run]) -> plt.Figure | None:
+    """The latency ECDF (not saved); legend outside the axes.  None without latencies."""
     series = [(r, s) for r in runs for s in r.series.values() if s.unit == "ns"]
     if not series:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5), layout="constrained")
     for r, s in series:
         v = np.sort(s.values)
         ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", label=f"{_tag(r, runs)}{s.name}")
@@ -121,9 +141,15 @@ def latency_ecdf(runs: list[Run], out: Path) -> Path | None:
     ax.set_xlabel("ns per access (each point: one pyperf value, a mean over its loops; log scale)")
     ax.set_ylabel("fraction of values <= x")
     ax.set_title(f"latency ECDF\n{_title_suffix(runs)}", fontsize=9)
-    ax.legend(fontsize=7)
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
+    fig.legend(fontsize=7, loc="outside right upper")
+    return fig
+
+
+def latency_ecdf(runs: list[Run], out: Path) -> Path | None:
+    fig = ecdf_figure(runs)
+    if fig is None:
+        return None
     path = out / "latency-ecdf.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)

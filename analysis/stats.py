@@ -243,3 +243,67 @@ def paired_estimate(ratios: np.ndarray) -> Estimate:
 def geomean(ratios: list[float]) -> float:
     """Geometric mean of ratios (the right mean for ratios: symmetric in up and down)."""
     return float(sps.gmean(ratios)) if ratios else float("nan")
+
+
+# track's gate: the newest file against a short history (docs/statistics.md).
+PRIOR_RSD = 0.02   # between-run spread assumed before any history is seen (2%)
+PRIOR_DF = 4       # ... worth this many files of evidence
+MEDIAN_SE = 1.2533  # se(median) / se(mean) for normal data: sqrt(pi / 2)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Where the newest file's log summary was expected, and how surprising it is."""
+
+    center: float   # mean log summary of the history files
+    sd: float       # sd of the prediction (log units = relative)
+    df: int         # degrees of freedom of that sd
+    z: float        # (newest - center) / sd
+    p: float        # two-sided, Student t with df
+    between: float  # the history's between-file sd (log), 0 with one file
+    floor: float    # the within-file floor that applied (log)
+
+    def half_width(self, alpha: float) -> float:
+        """Relative half-width of the two-sided (1 - alpha) prediction interval."""
+        return math.expm1(float(sps.t.ppf(1 - alpha / 2, self.df)) * self.sd)
+
+
+def within_se(process_medians: np.ndarray) -> float:
+    """Standard error of one file's summary (a median of process medians, in logs) from
+    the spread between its processes: a floor under the between-file spread, which
+    contains it.  The spread is robust (1.4826 MAD), as the median it describes is: one
+    disturbed process among eight barely moves a file's summary, so it must not widen
+    the floor either.  0 for a file with one process."""
+    logs = np.log(np.asarray(process_medians, dtype=float))
+    if len(logs) < 2:
+        return 0.0
+    rsd = 1.4826 * float(np.median(np.abs(logs - np.median(logs))))
+    return MEDIAN_SE * rsd / math.sqrt(len(logs))
+
+
+def predict(history: list[np.ndarray], newest: np.ndarray, prior_rsd: float = PRIOR_RSD,
+            prior_df: int = PRIOR_DF) -> Prediction:
+    """The newest file's summary against a prediction interval from `history` (one array
+    of process medians per file, oldest first).  The files are the replicates: their
+    log summaries give a between-file variance, pooled with a prior (prior_df pseudo-
+    files at prior_rsd, which is also a minimum: near-identical files are not a hair
+    trigger), floored by the spread between processes inside the files (all H + 1 of
+    them, pooled).
+    Predictive sd = sqrt(var * (1 + 1/H)), Student t with prior_df + H - 1 degrees of
+    freedom."""
+    logs = np.log([np.median(h) for h in history])
+    h = len(logs)
+    between = float(np.std(logs, ddof=1)) if h > 1 else 0.0
+    prior = math.log1p(prior_rsd)
+    pooled = (prior_df * prior ** 2 + (h - 1) * between ** 2) / (prior_df + h - 1)
+    # The within-file floor pools every file, the newest included: its own four or eight
+    # processes are too few to set its spread alone, and one wide file widens the floor.
+    floor = float(np.sqrt(np.mean([within_se(x) ** 2 for x in [*history, newest]])))
+    # The prior is also a minimum: identical files (or a long run of them) never make the
+    # interval narrower than a run-to-run spread of prior_rsd.
+    var = max(pooled, prior ** 2, floor ** 2)
+    sd = math.sqrt(var * (1 + 1 / h))
+    center = float(np.mean(logs))
+    z = (math.log(float(np.median(newest))) - center) / sd
+    df = prior_df + h - 1
+    return Prediction(center, sd, df, z, float(2 * sps.t.sf(abs(z), df)), between, floor)

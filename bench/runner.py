@@ -11,6 +11,8 @@ import argparse
 import ctypes
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -64,6 +66,9 @@ def make_runner() -> pyperf.Runner:
                    help="in a guest, probe each mapping with an unaligned load to record its class (a pre-6.9 "
                         "KVM host kills the VM for it on a BAR mapped Normal-NC); on bare metal always done")
     p.add_argument("--label", default=None, help="label in the result file name")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="N invocations in a row, each its own manager and worker processes: files "
+                        "<stamp>-<label>-1.json ... -N.json (compare needs 3 files a side for a verdict)")
     p.add_argument("--machine", default=None, help="results/<machine>/ directory name (default: host name)")
     p.add_argument("--results-dir", default=None, help="results root (default: ./results)")
     p.add_argument("--interleave", dest="interleave", action="store_true", default=None,
@@ -343,6 +348,32 @@ def _refuse_existing_output(runner: pyperf.Runner, argv: list[str]) -> None:
         raise UserError(f"{known.output} exists: results are never overwritten; pick another -o")
 
 
+def _repeat(args, argv: list[str], target: Target, cases: list[Case]) -> int:
+    """`--repeat N`: N separate `bench run` invocations, one after another, sharing one
+    stamp.  The invocation is the unit of replication (docs/statistics.md), so each is a
+    fresh manager process with its own worker tree, exactly as N commands typed in a row."""
+    if args.repeat < 1:
+        raise UserError(f"--repeat {args.repeat}: give a number of invocations >= 1")
+    if args.output:
+        raise UserError("--repeat writes <stamp>-<label>-1.json ... itself: drop -o (use --label or --results-dir)")
+    root = Path(args.results_dir or os.environ.get("DMTBENCH_RESULTS", "results"))
+    label = args.label or f"{target.spec}-{'+'.join(dict.fromkeys(c.attr for c in cases))}"
+    first = results.default_path(root, args.machine or metadata.machine_name(), label)
+    paths = [first.with_name(f"{first.stem}-{i}.json") for i in range(1, args.repeat + 1)]
+    taken = [p for p in paths if p.exists()]
+    if taken:
+        raise UserError(f"{taken[0]} exists: results are never overwritten; wait a second or pick another --label")
+    for i, path in enumerate(paths, 1):
+        print(f"=== invocation {i}/{args.repeat}: {path.name}", flush=True)
+        # Last option wins in argparse: the child is a plain single run writing `path`.
+        rc = subprocess.run([sys.executable, "-m", "bench", "run", *argv, "--repeat", "1", "-o", str(path)]).returncode
+        if rc != 0:
+            done = ", ".join(p.name for p in paths[:i - 1]) or "none"
+            raise UserError(f"invocation {i} of {args.repeat} failed (exit {rc}); complete before it: {done}", code=rc)
+    print(f"\n{args.repeat} invocations: " + " ".join(str(p) for p in paths))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """Entry point for `python -m bench run`."""
     runner = make_runner()
@@ -366,6 +397,8 @@ def main(argv: list[str]) -> int:
     runner.metadata.update(metadata.system())
     if args.worker:
         return _worker(runner, cases, target, stage2, args.fwb)
+    if args.repeat != 1:
+        return _repeat(args, argv, target, cases)
     for reason in skipped:
         print(f"skipped: {reason}")
     return _manager(runner, cases, target, stage2, args.fwb)

@@ -229,6 +229,45 @@ def test_plots_are_real_pngs(tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20000
 
 
+LOADED = sorted((EX / "vm").glob("*-loaded.json"))[0]
+
+
+def _overlaps(a, b) -> bool:
+    """Two display-space boxes share area (touching edges do not count)."""
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def _legends(fig) -> list:
+    return [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+
+
+def test_legends_never_cover_a_bar_or_a_line():
+    """Issue 19: the legend's window extent overlaps no bar (bars.png from the README's
+    default-vs-loaded pair) and no axes at all (sweeps, ECDF: data fills their axes)."""
+    import matplotlib.pyplot as plt
+
+    from analysis import plot
+
+    runs = aload.load_many([RAM, LOADED])
+    fig = plot.bars_figure(runs)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = _legends(fig)
+    bars = [p.get_window_extent(renderer) for ax in fig.axes for p in ax.patches]
+    assert len(legends) == 1 and len(bars) == 2 * len({s.workload for r in runs for s in r.series.values()})
+    box = legends[0].get_window_extent(renderer)
+    assert not any(_overlaps(box, b) for b in bars)
+    plt.close(fig)
+    figs = [plot.sweep_figure(w, lines, [aload.load(SWEEP)], ) for w, lines in plot._sweeps([aload.load(SWEEP)]).items()]
+    figs.append(plot.ecdf_figure(runs))
+    for f in figs:
+        f.canvas.draw()
+        r = f.canvas.get_renderer()
+        assert _legends(f) and not any(_overlaps(lg.get_window_extent(r), ax.get_window_extent(r))
+                                       for lg in _legends(f) for ax in f.axes)
+        plt.close(f)
+
+
 def _series_dir(tmp_path: Path) -> Path:
     d = tmp_path / "vm"
     d.mkdir()
@@ -241,7 +280,7 @@ def test_track_quiet_on_clean_series(tmp_path):
     d = _series_dir(tmp_path)
     proc = run_cli("track", str(d))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "regressed" not in proc.stdout and "file medians; moved: beyond max(3%, 3 rsd)" in proc.stdout
+    assert "regressed" not in proc.stdout and track.method_line(track.THRESHOLD, track.ALPHA) in proc.stdout
 
 
 def test_track_flags_a_planted_regression(tmp_path):
@@ -253,7 +292,9 @@ def test_track_flags_a_planted_regression(tmp_path):
     table = [line for line in proc.stdout.splitlines() if not line.startswith("trend: ")]
     assert "regressed" in proc.stdout and all(len(line) <= 72 for line in table)
     data = json.loads(run_cli("track", str(d), "--format", "json").stdout.split("\ntrend:")[0])
-    moved = [m for m in data["movements"] if m["verdict"] != "steady"]
+    # Only the planted one regressed (run 10 of this noisy series also has a real +66%
+    # copy-to outlier over its history, which track reports as "improved").
+    moved = [m for m in data["movements"] if m["verdict"] == "regressed"]
     assert [m["name"] for m in moved] == ["doorbell[8B]@normal"] and moved[0]["percent"] < -40
     png = d / "trends" / "doorbell[8B]_at_normal.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
@@ -271,13 +312,8 @@ def test_error_rates_on_the_committed_series():
         assert r["comparisons"] == 100 and r["too_few"] == 0
         assert r["with_verdict"] * 20 <= r["comparisons"], r
         assert r["planted"][25.0] == 9 * r["comparisons"]
-    t = eval_track(runs, track.WINDOW, [], track.THRESHOLD, track.ALPHA)
-    assert t["runs_checked"] == len(runs) - track.WINDOW and t["false_positives"] <= t["checks"] // 20
-
-
-def test_track_needs_enough_runs(tmp_path):
-    shutil.copy(RAM, tmp_path / RAM.name)
-    assert_one_line_error(run_cli("track", str(tmp_path)), 2, "at least 3")
+    t = eval_track(runs, 5, [], track.THRESHOLD, track.ALPHA)
+    assert t["runs_checked"] == len(runs) - 5 and t["false_positives"] <= t["checks"] // 20
 
 
 def test_error_rates_on_the_quiet_series():

@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from scipy import stats as sps
+
 from analysis import stats
 
 
@@ -82,3 +84,31 @@ def test_paired_speedups_cancel_a_slow_round():
     assert list(ratios) == [2.0, 2.0, 2.0]
     e = stats.paired_estimate(ratios)
     assert e.median == e.lo == e.hi == 2.0
+
+
+def test_prediction_without_prior_or_floor_is_the_textbook_interval():
+    """prior_df=0 and processes that agree exactly: the newest value against the mean of
+    H file summaries with sd s*sqrt(1+1/H) and H-1 degrees of freedom (hand formula)."""
+    summaries = [10.0, 10.4, 9.8, 10.1]
+    hist = [np.full(4, v) for v in summaries]
+    p = stats.predict(hist, np.full(4, 11.0), prior_df=0)
+    y = np.log(summaries)
+    t = (np.log(11.0) - y.mean()) / (y.std(ddof=1) * np.sqrt(1 + 1 / 4))
+    assert p.df == 3 and abs(p.z - t) < 1e-12
+    assert abs(p.p - 2 * sps.t.sf(abs(t), 3)) < 1e-12
+
+
+def test_prediction_prior_and_process_floor():
+    """Identical files give no zero-width interval (the prior), and a wide spread between
+    the processes inside the files widens it (the floor), never the reverse."""
+    same = [np.array([10.0, 10.0, 10.0, 10.0])] * 3
+    tight = stats.predict(same, np.full(4, 10.35))
+    assert tight.between == 0 and tight.p > 0.05 and tight.df == stats.PRIOR_DF + 2
+    assert abs(tight.sd - np.log1p(stats.PRIOR_RSD) * np.sqrt(4 / 3)) < 1e-12
+    noisy = [np.array([8.0, 9.0, 11.0, 12.0]) * k for k in (1.0, 1.0, 1.0)]
+    wide = stats.predict(noisy, np.array([8.0, 9.0, 11.0, 12.0]) * 1.35)
+    assert wide.floor > np.log1p(stats.PRIOR_RSD) and wide.sd > tight.sd
+    # One wild process among eight moves a median little: it must not widen the floor much.
+    calm = np.array([10.0, 10.1, 9.9, 10.05, 9.95, 10.02, 9.98, 10.0])
+    assert stats.within_se(np.append(calm[:-1], 3.0)) < 2 * stats.within_se(calm)
+    assert stats.within_se(np.array([5.0])) == 0.0

@@ -50,6 +50,9 @@ TARGET = f"pci:{BDF}/2"
 ATTRS = ("device-ngnre", "normal-nc")  # what the pci target gives: resource2 and resource2_wc
 BACKING = "vfio"
 L2_MEMORY_MB = 512
+# The lab reads stage-2 descriptors through a VM fd of its own (the kvm target); the L2's VM
+# fd belongs to the inner QEMU.
+NO_READ = "unavailable: the L2 is the inner QEMU's VM (the stage-2 read is made in --guest payload)"
 L2_CPUS = 1  # one vCPU: L1 has two, and its QEMU threads and kernel need the other
 BOOT_TIMEOUT = 300.0  # an L2 that only probes; one that also makes the fast run gets FAST_TIMEOUT
 FAST_TIMEOUT = 900.0
@@ -355,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     log = kernel_log()
     report = {"host_kernel": release, "guest": "linux", "fwb": kvmpolicy.fwb_from_log(log),
               "kvm": os.path.exists("/dev/kvm"), "el2": "started at EL2" in log, "emulated": metadata.emulated(),
-              "l2_emulated": None, "l2_boots": 0, "backings": {BACKING: {"target": TARGET}}, "outcomes": [],
+              "l2_emulated": None, "l2_boots": 0, "backings": {BACKING: {"target": TARGET, "stage2_read": NO_READ}}, "outcomes": [],
               "runs": [], "boots": []}
     out.write_text(json.dumps(report, indent=1))
     if not report["kvm"]:

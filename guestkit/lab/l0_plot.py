@@ -1,8 +1,8 @@
 """L0: `guestkit lab --plot FILE.png`: backings x host kernels, coloured by the stage-2 attribute read.
 
 One cell per (backing, host kernel): its colour is the stage-2 attribute KVM wrote in the
-leaf descriptor (guestkit.lab.l0_table's read), its text that attribute in short form and
-what the unaligned probes under a Normal stage 1 did (killed / ok / refused), with a
+leaf descriptor (guestkit.lab.l0_table's read), its text that attribute in short form, the
+raw MemAttr (and whether FWB encodes it), and what the unaligned probes under a Normal stage 1 did (killed / ok / refused), with a
 yellow frame and a mark where the probe class or the KVM-policy prediction disagrees.  The legend sits
 outside the axes, right of the grid, so it never covers a cell.  matplotlib with the Agg
 backend: no display needed.
@@ -47,7 +47,7 @@ def figure(reports: list[table.HostReport], title: str = "") -> Picture:
     if not reports or not backings:
         raise UserError("nothing to plot: no host gave a probe result")
     per = [{v.backing: v for v in table.stage2_verdicts(r)} for r in reports]
-    fig, ax = plt.subplots(figsize=(2.2 + 1.9 * len(reports) + 3.2, 1.2 + 0.62 * len(backings)))
+    fig, ax = plt.subplots(figsize=(2.2 + 1.9 * len(reports) + 3.2, 1.2 + 0.8 * len(backings)))
     patches, shown = [], []
     for row, backing in enumerate(backings):
         for col, (r, p) in enumerate(zip(reports, per)):
@@ -59,9 +59,10 @@ def figure(reports: list[table.HostReport], title: str = "") -> Picture:
             patches.append(rect)
             shown.append(cell)
             probe = table.PROBE_WORD[v.probe_class] if v else ""
-            lines = [cell, *([f"probe: {probe}"] if probe and probe != "-" else []),
+            raw = [f"MemAttr {v.memattr:#06b}{' (FWB)' if v.fwb else ''}"] if v and v.memattr is not None else []
+            lines = [cell, *raw, *([f"probe: {probe}"] if probe and probe != "-" else []),
                      *(["\u2717 mismatch"] if bad else [])]
-            ax.text(col + 0.5, row + 0.5, "\n".join(lines), ha="center", va="center", fontsize=8.5,
+            ax.text(col + 0.5, row + 0.5, "\n".join(lines), ha="center", va="center", fontsize=8,
                     color="white" if cell in DARK else "black", fontweight="bold" if bad else "normal")
             if bad:  # a yellow frame inside the cell: visible on every fill colour
                 ax.add_patch(Rectangle((col + 0.04, row + 0.06), 0.92, 0.88, fill=False, edgecolor=MISMATCH, lw=3))

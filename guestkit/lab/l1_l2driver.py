@@ -31,6 +31,7 @@ import re
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from bench.outcomes import probes
 from guestkit import launch
 from guestkit.cpio import CpioWriter
 from guestkit.lab.l1_runner import FAST_SIZE, FAST_WORKLOADS, kernel_log
+from guestkit.lab.l1_vmfd import read_foreign
 from guestkit.qemu import GuestConfig, get_arch
 
 ROOT = Path("/dmtbench")
@@ -50,9 +52,9 @@ TARGET = f"pci:{BDF}/2"
 ATTRS = ("device-ngnre", "normal-nc")  # what the pci target gives: resource2 and resource2_wc
 BACKING = "vfio"
 L2_MEMORY_MB = 512
-# The lab reads stage-2 descriptors through a VM fd of its own (the kvm target); the L2's VM
-# fd belongs to the inner QEMU.
-NO_READ = "unavailable: the L2 is the inner QEMU's VM (the stage-2 read is made in --guest payload)"
+# Before the L2 reads its BAR's guest-physical address (line 3 of sysfs `resource`: BAR 2),
+# the record says why there is no stage-2 read.
+NO_READ = "unavailable: the L2 never reported its BAR address"
 L2_CPUS = 1  # one vCPU: L1 has two, and its QEMU threads and kernel need the other
 BOOT_TIMEOUT = 300.0  # an L2 that only probes; one that also makes the fast run gets FAST_TIMEOUT
 FAST_TIMEOUT = 900.0
@@ -60,6 +62,7 @@ _PROBE = re.compile(r"^# probe (\S+) (\S+)$")
 _EMULATED = re.compile(r'^\s*"emulated": (true|false),?$')  # bench probe --json's line
 _STEP = re.compile(r"^# step-exit (\d+)$")
 _FAST = re.compile(r"^# fast-(start|exit) (\S+)(?: (\d+))?$")
+_BAR = re.compile(r"^# bar (0x[0-9a-f]+) ")  # the L2's sysfs resource line of BAR 2: start end flags
 
 
 def unaligned(name: str) -> bool:
@@ -124,6 +127,9 @@ class Watch:
     step_exits: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     emulated: bool | None = None                 # what the L2's bench probe --json said
+    reader: Callable[[int], dict] | None = None  # IPA -> the four stage-2 fields (l1_vmfd.read_foreign)
+    bar_ipa: int | None = None                   # where the L2 sees the BAR (its guest-physical address)
+    stage2: dict | None = None                   # the read, made once the L2 has touched the BAR
     _fast_t0: float = 0.0
 
     def __call__(self, item: launch.Shown) -> None:
@@ -141,6 +147,8 @@ class Watch:
             self._fast(m.group(1), m.group(2), m.group(3))
         elif (m := _EMULATED.match(line)) is not None:
             self.emulated = m.group(1) == "true"
+        elif (m := _BAR.match(line)) is not None:
+            self.bar_ipa = int(m.group(1), 16)
         elif line.startswith("error: "):
             self.errors.append(line.removeprefix("error: "))
         if self.verbose and stream == "err":
@@ -155,6 +163,10 @@ class Watch:
             return
         self.outcomes.append(outcome)
         self.current = None
+        if self.stage2 is None and self.bar_ipa is not None and self.reader:
+            # A probe has touched the BAR, so KVM's fault path mapped it at stage 2: read it
+            # now, while the VM is alive (a later probe may kill it).
+            self.stage2 = self.reader(self.bar_ipa)
 
     def _fast(self, when: str, attr: str, code: str | None) -> None:
         if when == "start":
@@ -205,8 +217,9 @@ def l2_script(probe_cmds: list[list[str]], fast: dict[str, list[str]]) -> str:
     # the announcement of a probe that kills the VM is out before the probe runs.  The JSON
     # stays in the L2 but for its `emulated` line: the nested console is slow, and the agent
     # gives a command's last output only 5 s after it exits.
-    parts = [f"{shlex.join(c)} >/tmp/probe-{i}.json 2>/dev/console; echo \"# step-exit $?\" >&2; "
-             f"grep -m1 '\"emulated\"' /tmp/probe-{i}.json >&2" for i, c in enumerate(probe_cmds)]
+    parts = [f"echo \"# bar $(sed -n 3p /sys/bus/pci/devices/{BDF}/resource)\" >&2"] if probe_cmds else []
+    parts += [f"{shlex.join(c)} >/tmp/probe-{i}.json 2>/dev/console; echo \"# step-exit $?\" >&2; "
+              f"grep -m1 '\"emulated\"' /tmp/probe-{i}.json >&2" for i, c in enumerate(probe_cmds)]
     for attr, cmd in fast.items():
         parts.append(f"echo '# fast-start {attr}' >&2; {shlex.join(cmd)}; echo \"# fast-exit {attr} $?\" >&2")
     return "; ".join(parts) or "true"
@@ -235,6 +248,7 @@ class Lab:
     out: Path
     kmsg: KernelLog = field(default_factory=KernelLog)
     each_kill: bool = False                      # one L2 per killed unaligned probe, none inferred
+    reader: Callable[[int], dict] | None = read_foreign  # the stage-2 read of the L2's BAR
 
     def run(self) -> int:
         # Per attribute, the unaligned probes last: the first to kill the VM ends the boot.
@@ -247,9 +261,10 @@ class Lab:
             # the agent, after the fact, and a next run that killed the VM would lose them.
             scheduled = fast_pending[:1]
             watch, ended = self.boot(remaining, scheduled)
+            read = self.keep_read(watch.stage2)
             for o in watch.outcomes:
                 result, code = lab_result(o)
-                recorded[(o["attr"], o["probe"])] = self.outcome(o["attr"], o["probe"], result, code)
+                recorded[(o["attr"], o["probe"])] = self.outcome(o["attr"], o["probe"], result, code, read)
             killed = ended.startswith("killed")
             for attr, (code, seconds) in watch.fast_done.items():
                 self.report["runs"].append(self.run_entry(attr, code, f"exit {code}", seconds))
@@ -257,9 +272,9 @@ class Lab:
                 self.report["runs"].append(self.run_entry(watch.in_fast, None, ended, None))
             fast_pending = [a for a in fast_pending if a not in watch.fast_done and a != watch.in_fast]
             if killed and watch.current is not None:
-                recorded[watch.current] = self.outcome(*watch.current, "killed", ended.removeprefix("killed: "))
+                recorded[watch.current] = self.outcome(*watch.current, "killed", ended.removeprefix("killed: "), read)
                 if not self.each_kill and unaligned(watch.current[1]):
-                    recorded.update(self.not_run_after_kill(plan, recorded, watch.current, ended))
+                    recorded.update(self.not_run_after_kill(plan, recorded, watch.current, ended, read))
             self.save(plan, recorded)
             if killed and (watch.current is not None or watch.in_fast):
                 continue  # a fresh L2 for what is left
@@ -269,14 +284,21 @@ class Lab:
         return 0
 
     def not_run_after_kill(self, plan: list[tuple[str, str]], recorded: dict, killer: tuple[str, str],
-                           ended: str) -> dict:
+                           ended: str, read: dict | None = None) -> dict:
         """The outcomes of the unaligned probes on the mapping a killed one was on: not run,
         and why (the VM they would run in dies the same way: a stage-2 alignment fault)."""
         attr, name = killer
         why = (f"not run: {name} on this mapping killed the VM ({ended.removeprefix('killed: ')}): stage 2 is "
                "Device, so every unaligned access would (lab --each-kill boots an L2 for each)")
-        return {(a, n): self.outcome(a, n, "skip", why) for a, n in plan
+        return {(a, n): self.outcome(a, n, "skip", why, read) for a, n in plan
                 if a == attr and unaligned(n) and (a, n) not in recorded}
+
+    def keep_read(self, read: dict | None) -> dict | None:
+        """One L2's stage-2 read; the backing's record keeps the first that was made."""
+        facts = self.report["backings"][BACKING]
+        if read and facts.get("stage2_read", NO_READ) == NO_READ:
+            facts.update(read)
+        return read
 
     @staticmethod
     def run_entry(attr: str, code: int | None, ended: str, seconds: float | None) -> dict:
@@ -284,8 +306,9 @@ class Lab:
                 "seconds": None if seconds is None else round(seconds, 1)}
 
     @staticmethod
-    def outcome(attr: str, probe: str, result: str, code: str) -> dict:
-        return {"backing": BACKING, "attr": attr, "probe": probe, "result": result, "code": code}
+    def outcome(attr: str, probe: str, result: str, code: str, read: dict | None = None) -> dict:
+        """One probe's record, with the stage-2 read of the L2 it ran in (when one was made)."""
+        return {"backing": BACKING, "attr": attr, "probe": probe, "result": result, "code": code, **(read or {})}
 
     def boot(self, remaining: list[tuple[str, str]], fast: list[str]) -> tuple[Watch, str]:
         """One L2: run `remaining` probes, then the fast runs of `fast`; (its watch, how it ended)."""
@@ -300,7 +323,8 @@ class Lab:
         flag = (metadata.EMULATED_FLAG,) if metadata.emulated() else ()
         cfg = GuestConfig(L2 / "Image", L2 / "initrd.cpio", accel="kvm", memory_mb=L2_MEMORY_MB, cpus=L2_CPUS,
                           vfio=(BDF,), cmdline_extra=flag)
-        watch, rx = Watch(self.verbose), launch.Receiver(Path(os.environ.get("DMTBENCH_RESULTS", "results")))
+        watch = Watch(self.verbose, reader=self.reader)
+        rx = launch.Receiver(Path(os.environ.get("DMTBENCH_RESULTS", "results")))
         self.kmsg.mark()
         t0 = time.monotonic()
         try:
@@ -358,8 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     log = kernel_log()
     report = {"host_kernel": release, "guest": "linux", "fwb": kvmpolicy.fwb_from_log(log),
               "kvm": os.path.exists("/dev/kvm"), "el2": "started at EL2" in log, "emulated": metadata.emulated(),
-              "l2_emulated": None, "l2_boots": 0, "backings": {BACKING: {"target": TARGET, "stage2_read": NO_READ}}, "outcomes": [],
-              "runs": [], "boots": []}
+              "l2_emulated": None, "l2_boots": 0, "backings": {BACKING: {"target": TARGET, "stage2_read": NO_READ}},
+              "outcomes": [], "runs": [], "boots": []}
     out.write_text(json.dumps(report, indent=1))
     if not report["kvm"]:
         return 0  # the lab reports a host without KVM from the kvm field

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from conftest import assert_one_line_error, run_cli
+from bench import kvmpolicy, memtypes
 from guestkit.lab import l0_table as table
 
 
@@ -17,6 +18,32 @@ def _lab(tmp_path, *args: str) -> dict:
     proc = run_cli("lab", "--probes-only", "--json", "-o", str(tmp_path), *args, module="guestkit", timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return json.loads(proc.stdout)
+
+
+def _encoding(attr: str, fwb: bool) -> int:
+    a = memtypes.get(attr)
+    return a.fwb if fwb else a.s2
+
+
+def assert_reads_as_policy_predicts(data: dict) -> None:
+    """Every (host, backing) read the stage-2 attribute bench.kvmpolicy predicts for that
+    kernel and the host's FWB / DIC, in that host's encoding (FWB MemAttr or not); a
+    refused memslot reads nothing and shows `refused`."""
+    hosts = {h["host_kernel"]: h for h in data["hosts"]}
+    seen = set()
+    for v in data["stage2"]:
+        host = hosts[v["host_kernel"]]
+        pred = kvmpolicy.predict(v["host_kernel"], v["backing"], host["fwb"], host["dic"])
+        where = f"{v['host_kernel']} {v['backing']}: {v}"
+        if pred.refused:
+            assert v["cell"] == "refused" and v["stage2_read"].startswith("unavailable"), where
+        else:
+            assert v["stage2_read"] == pred.stage2, where
+            assert v["stage2_memattr"] == _encoding(pred.stage2, host["fwb"]) and v["fwb"] is host["fwb"], where
+            assert v["stage2_leaf"] and v["stage2_leaf"] % 4096 == 0, where
+        assert v["agrees"], where
+        seen.add(v["backing"])
+    assert seen == set(kvmpolicy.BACKINGS)
 
 
 def _results(data: dict, guest: str) -> dict:
@@ -47,6 +74,13 @@ def test_payload_lab_shows_the_three_eras(guest_ready, tmp_path):
     assert "Unsupported FSC" in killed["code"]  # the host kernel's own log line says why
     assert data["mismatches"] == [] and all(h["error"] == "" for h in data["hosts"])
     assert all(o["predicted"] in (None, o["result"]) for o in data["outcomes"] if o["probe"] in table.UNALIGNED)
+    # The descriptor KVM wrote, per (host, backing): what the policy predicts, exactly. The
+    # three eras tell Normal-NC from Normal WB, which the probes cannot.
+    assert all(h["fwb"] is True for h in data["hosts"])  # -cpu max
+    assert_reads_as_policy_predicts(data)
+    by = {(kvmpolicy.version(v["host_kernel"]), v["backing"]): v for v in data["stage2"]}
+    vfio, ram = by[(6, 12), "vfio"], by[(6, 12), "ram"]
+    assert vfio["probe_class"] == ram["probe_class"] == "normal" and vfio["stage2_read"] != ram["stage2_read"]
     homes = list((tmp_path / "qemu-arm64-kvmhost").glob("*-payload-probes.json"))
     assert len(homes) == 3 and all(json.loads(p.read_text())["emulated"] for p in homes)
 
@@ -60,6 +94,10 @@ def test_host_without_fwb_refuses_the_cacheable_memslot(guest_ready, tmp_path):
     assert kmod and all(o["result"] == o["predicted"] == "refused" for o in kmod)
     assert "EINVAL" in kmod[0]["code"] and "SUPPORTED=0" in kmod[0]["code"]
     assert data["mismatches"] == []
+    # Without FWB the descriptors use the plain stage-2 encoding: RAM is MemAttr 0b1111.
+    assert_reads_as_policy_predicts(data)
+    ram = next(v for v in data["stage2"] if v["backing"] == "ram")
+    assert (ram["stage2_memattr"], ram["fwb"]) == (0b1111, False)
 
 
 def _probe_file(tmp_path, kernel: str, outcomes: list[dict]):

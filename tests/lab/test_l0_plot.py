@@ -40,8 +40,9 @@ def test_cells_follow_the_reads_and_the_legend_covers_none():
     want = [l0_plot.COLOURS[c] for c in ("Dev-nGnRE", "Dev-nGnRE", "NC")]
     assert [matplotlib.colors.to_hex(rect.get_facecolor()) for rect in vfio] == want
     texts = [t.get_text() for t in pic.fig.axes[0].texts]
-    assert "Dev-nGnRE\nprobe: ok\n\u2717 mismatch" in texts and "NC\nprobe: ok" in texts
-    assert "Dev-nGnRE\nprobe: killed" in texts
+    assert "Dev-nGnRE\nMemAttr 0b0001 (FWB)\nprobe: ok\n\u2717 mismatch" in texts
+    assert "NC\nMemAttr 0b0101 (FWB)\nprobe: ok" in texts
+    assert "Dev-nGnRE\nMemAttr 0b0001 (FWB)\nprobe: killed" in texts
 
 
 def test_nothing_to_plot_is_one_line(tmp_path):

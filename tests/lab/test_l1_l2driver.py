@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from guestkit import launch
+from guestkit import frames, launch
 from guestkit.lab import l1_l2driver as l2driver
 from guestkit.cpio import CpioWriter
 from guestkit.qemu import get_arch
@@ -99,7 +99,7 @@ def test_job_overlay_is_rewritten_in_place(tmp_path):
 def test_kvm_run_failed_ends_a_paused_vm(tmp_path):
     # A stand-in for QEMU after KVM_RUN failed: console lines, QEMU's message on stderr,
     # then it waits for ever (as QEMU does with the VM paused).
-    script = ('echo "@@DMT-ERR # probe normal-nc load8-unaligned"; '
+    script = (f"printf '%s' '{frames.encode('err', '', b'# probe normal-nc load8-unaligned' + bytes([10]))}'; "
               'echo "error: kvm run failed Bad address" >&2; echo " PC=0000ffff88cf2688" >&2; exec sleep 600')
     seen = []
     t0 = time.monotonic()
@@ -110,7 +110,8 @@ def test_kvm_run_failed_ends_a_paused_vm(tmp_path):
     assert ("err", "# probe normal-nc load8-unaligned\n") in seen
     # The guest's own output naming the message is not QEMU's: no kill.
     rx = launch.Receiver(tmp_path)
-    assert launch._boot(["sh", "-c", 'echo "@@DMT-ERR error: kvm run failed (quoted)"; echo "@@DMT-EXIT 0"'],
+    quoted = frames.encode("err", "", b"error: kvm run failed (quoted)\n") + frames.encode("exit", "0", b"")
+    assert launch._boot(["sh", "-c", f"printf '%s' '{quoted}'"],
                         30, rx, seen.append) == 0 and rx.killed is None
 
 
@@ -226,3 +227,38 @@ def test_each_kill_boots_an_l2_for_every_unaligned_probe(tmp_path):
     results = {o["probe"]: o["result"] for o in lab.report["outcomes"] if o["attr"] == "normal-nc"}
     assert results == {"load8": "ok", "store8": "ok", "store8-unaligned": "killed", "load2-unaligned": "killed",
                        "load8-unaligned": "killed"}
+
+
+def test_the_l2s_bar_is_read_at_stage_2_once_a_probe_touched_it(tmp_path):
+    asked = []
+
+    def reader(ipa):
+        asked.append(ipa)
+        return {"stage2_read": "device-ngnre", "stage2_memattr": 1, "stage2_leaf": 4096, "fwb": True}
+
+    watch = l2driver.Watch(verbose=False, reader=reader)
+    watch(("err", "# bar 0x0000008000000000 0x00000080003fffff 0x000000000014220c\n"))
+    assert watch.bar_ipa == 0x8000000000 and watch.stage2 is None  # nothing touched the BAR yet
+    for name in ("load8", "store8"):
+        watch(("err", _ok("device-ngnre", name) + "\n"))
+    assert asked == [0x8000000000] and watch.stage2["stage2_read"] == "device-ngnre"
+    script = l2driver.l2_script(l2driver.probe_commands([("normal-nc", "load8")], ["load8"]), {})
+    assert script.startswith(f'echo "# bar $(sed -n 3p /sys/bus/pci/devices/{l2driver.BDF}/resource)" >&2; ')
+
+
+def test_every_outcome_of_an_l2_carries_its_read_and_the_backing_keeps_it(tmp_path):
+    read = {"stage2_read": "device-ngnre", "stage2_memattr": 1, "stage2_leaf": 4096, "fwb": True}
+
+    class Reading(_ScriptedLab):
+        def boot(self, remaining, fast):
+            watch, ended = super().boot(remaining, fast)
+            watch.stage2 = read
+            return watch, ended
+
+    first = [_ok("device-ngnre", "load8"), _ok("device-ngnre", "load8-unaligned"), _ok("normal-nc", "load8"),
+             "# probe normal-nc load8-unaligned"]
+    lab = Reading(tmp_path, [(first, FSC)], probes_only=True)
+    assert lab.report["backings"]["vfio"] == {}
+    assert lab.run() == 0
+    assert all({k: o[k] for k in read} == read for o in lab.report["outcomes"])
+    assert lab.report["backings"]["vfio"]["stage2_read"] == "device-ngnre"

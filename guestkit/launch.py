@@ -1,15 +1,16 @@
 """L0: `python -m guestkit run`: boot a guest, run one command, bring results/ back.
 
-Reads the console line by line.  The command's stdout comes back on our stdout exactly as
-the command printed it (so `guestkit run -- cmd --json > f.json` gives a JSON file); its
-stderr, the guest kernel's lines and our own status lines go to stderr.  File records
-from the agent (guestkit/agent.py) are verified and written under the host's results/ at
-once, so a guest that hangs and is killed at --timeout still leaves what it had sent.
+Reads the console as it comes and takes the agent's framed records (guestkit.frames) out of
+it, whatever the kernel printed in between.  The command's stdout comes back on our stdout
+exactly as the command printed it (so `guestkit run -- cmd --json > f.json` gives a JSON
+file); its stderr, the guest kernel's lines and our own status lines go to stderr.  File
+records from the agent (guestkit/agent.py) are verified and written under the host's
+results/ at once, so a guest that hangs and is killed at --timeout still leaves what it had
+sent.  A record that does not come back whole is one `guest console:` error of the run.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
+import codecs
 import os
 import re
 import selectors
@@ -23,7 +24,7 @@ from pathlib import Path
 from bench import metadata
 from bench import results as bench_results
 from bench.errors import UserError
-from guestkit import agent, image
+from guestkit import frames, image
 from guestkit.deps import find_parts
 from guestkit.paths import arch_cache
 from guestkit.qemu import Arch, GuestConfig
@@ -62,43 +63,68 @@ def status(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+class ProtocolError(UserError):
+    """Records the guest sent did not all come back whole (guestkit.frames): an error of the
+    run; `exit_code` is the command's, when it came back."""
+
+    def __init__(self, errors: list[str], exit_code: int | None, kept: int) -> None:
+        more = f" (and {len(errors) - 1} more above)" if len(errors) > 1 else ""
+        super().__init__(f"guest console: {errors[0]}{more}; kept {kept} intact result file(s)", code=3)
+        self.exit_code = exit_code
+
+
 @dataclass
 class Receiver:
-    """Parses agent records out of the console stream and writes the files."""
+    """Takes the agent's records out of the console stream (guestkit.frames) and writes the files."""
 
     results: Path
     received: list[Path] = field(default_factory=list)
     exit_code: int | None = None
     ready_at: float | None = None
     killed: str | None = None  # QEMU's `kvm run failed` line, once seen
-    _record: tuple[str, int, str] | None = None
-    _lines: list[str] = field(default_factory=list)
+    decoder: frames.Decoder = field(default_factory=frames.Decoder)
+    problems: list[str] = field(default_factory=list)  # what went wrong with records, beyond the decoder's errors
 
-    def feed(self, line: str) -> Shown | None:
-        """Consume one console line; returns (stream, text) when it is for the user to see."""
-        tag, _, rest = line.partition(" ")
-        if tag in agent.STREAM_TAGS and not self._record:
-            stream, end = agent.STREAM_TAGS[tag]
-            return stream, rest + end
-        line = _ESCAPES.sub("", line)
-        if self._record:
-            if line == agent.END:
-                self._finish()
-            else:
-                self._lines.append(line)
-            return None
-        if line.startswith(agent.FILE + " "):
-            _, rel, size, digest = line.split(" ", 3)
-            self._record = (rel, int(size), digest)
-            self._lines = []
-            return None
-        if line.startswith(agent.EXIT + " "):
-            self.exit_code = int(line.split()[1])
-            return ("err", line.split(" ", 2)[2] + "\n") if line.count(" ") >= 2 else None
-        if line.startswith(agent.READY):
+    def feed(self, text: str) -> list[Shown]:
+        """Consume a piece of the console stream; returns what is for the user to see:
+        the command's stdout and stderr as it printed them, the kernel's lines on stderr."""
+        return self._shown(self.decoder.feed_items(text))
+
+    def finish(self) -> list[Shown]:
+        """End of the console stream: what the decoder still held."""
+        return self._shown(self.decoder.finish())
+
+    @property
+    def errors(self) -> list[str]:
+        """Every record that did not come back whole, and every bad record."""
+        return self.decoder.errors + self.problems
+
+    def _shown(self, items: list[frames.Record | str]) -> list[Shown]:
+        shown: list[Shown] = []
+        for item in items:
+            if isinstance(item, str):
+                text = _ESCAPES.sub("", item)
+                if text:
+                    shown.append(("err", text + "\n"))
+            elif (one := self._record(item)) is not None:
+                shown.append(one)
+        return shown
+
+    def _record(self, rec: frames.Record) -> Shown | None:
+        if rec.kind in ("out", "err"):
+            return rec.kind, rec.data.decode(errors="replace")
+        if rec.kind == "file":
+            self._write(rec.name, rec.data)
+        elif rec.kind == "exit":
+            try:
+                self.exit_code = int(rec.name)
+            except ValueError:
+                self.problems.append(f"exit record with code {rec.name!r}")
+                return None
+            return ("err", rec.data.decode(errors="replace") + "\n") if rec.data else None
+        elif rec.kind == "ready":
             self.ready_at = time.monotonic()
-            return None
-        return "err", line + "\n"
+        return None
 
     def qemu_says(self, line: str) -> Shown:
         """One line of QEMU's own stderr (never the guest's console): shown, and watched for
@@ -107,16 +133,11 @@ class Receiver:
             self.killed = line
         return "err", line + "\n"
 
-    def _finish(self) -> None:
-        rel, size, digest = self._record
-        self._record = None
-        data = base64.b64decode("".join(self._lines))
-        if len(data) != size or hashlib.sha256(data).hexdigest()[:16] != digest:
-            print(f"guestkit: {rel} arrived damaged ({len(data)} of {size} bytes); ignored", file=sys.stderr)
-            return
+    def _write(self, rel: str, data: bytes) -> None:
         dest = (self.results / rel).resolve()
         if self.results.resolve() not in dest.parents:
-            return  # never write outside results/
+            self.problems.append(f"file record {rel!r} points outside results/; not written")
+            return
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.recv")
         tmp.write_bytes(data)
@@ -185,11 +206,15 @@ def _boot(qemu_argv: list[str], timeout: float, rx: Receiver, echo) -> int:
     except FileNotFoundError:
         raise UserError(f"{qemu_argv[0]} not found: run 'python -m guestkit deps'") from None
     timed_out = _pump(proc, t0 + timeout, rx, echo)
+    for item in rx.finish():
+        echo(item)
     kept = rx.settle()
     wall = time.monotonic() - t0
     boot = f", booted in {rx.ready_at - t0:.1f} s" if rx.ready_at else ""
     status(f"guestkit: guest ran {wall:.1f} s{boot}; {len(kept)} result file(s) back: "
            + ", ".join(str(p) for p in kept))
+    for error in rx.errors:
+        status(f"guestkit: guest console: {error}")
     if rx.killed is not None:
         raise VmKilled(rx.killed, len(kept))
     if timed_out:
@@ -197,19 +222,24 @@ def _boot(qemu_argv: list[str], timeout: float, rx: Receiver, echo) -> int:
                         "(raise --timeout if it was just slow)", code=TIMEOUT_EXIT)
     if rx.exit_code is None:
         hint = "; if KVM is what failed, retry with --accel tcg" if "kvm" in qemu_argv else ""
-        raise UserError(f"guest stopped (QEMU exit {proc.returncode}) before the command finished; "
+        damaged = (f" ({len(rx.decoder.rejected)} damaged record line(s) on the console)"
+                   if rx.decoder.rejected else "")
+        raise UserError(f"guest stopped (QEMU exit {proc.returncode}) before the command finished{damaged}; "
                         f"see the console output above{hint}", code=3)
+    if rx.errors:
+        raise ProtocolError(rx.errors, rx.exit_code, len(kept))
     return rx.exit_code
 
 
 def _pump(proc: subprocess.Popen, deadline: float, rx: Receiver, echo) -> bool:
     """Read the console (QEMU's stdout) and QEMU's own messages (its stderr) until QEMU
     exits or the deadline; True if it timed out.  After `kvm run failed` QEMU is killed and
-    both pipes are read to their end, so no console line the guest had sent is lost."""
+    both pipes are read to their end, so no console line the guest had sent is lost.  The
+    console goes to the record decoder as it comes, in pieces; QEMU's stderr line by line."""
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ, rx.feed)
-    sel.register(proc.stderr, selectors.EVENT_READ, rx.qemu_says)
-    bufs: dict[int, bytes] = {}
+    sel.register(proc.stdout, selectors.EVENT_READ, codecs.getincrementaldecoder("utf-8")(errors="replace"))
+    sel.register(proc.stderr, selectors.EVENT_READ, None)
+    pending = b""
     while sel.get_map():
         left = deadline - time.monotonic()
         if left <= 0:
@@ -218,14 +248,17 @@ def _pump(proc: subprocess.Popen, deadline: float, rx: Receiver, echo) -> bool:
             return True
         for key, _ in sel.select(timeout=min(left, 1.0)):
             chunk = os.read(key.fd, 1 << 16)
+            if key.data is not None:  # the console
+                for item in rx.feed(key.data.decode(chunk, final=not chunk)):
+                    echo(item)
+            else:
+                *lines, pending = (pending + chunk).split(b"\n")
+                if not chunk and pending:
+                    lines, pending = [pending], b""
+                for raw in lines:
+                    echo(rx.qemu_says(raw.decode(errors="replace").rstrip("\r")))
             if not chunk:
                 sel.unregister(key.fileobj)
-                continue
-            *lines, bufs[key.fd] = (bufs.get(key.fd, b"") + chunk).split(b"\n")
-            for raw in lines:
-                shown = key.data(raw.decode(errors="replace").rstrip("\r"))
-                if shown is not None:
-                    echo(shown)
         if rx.exit_code is not None and proc.poll() is not None:
             break
         if rx.killed is not None and proc.poll() is None:  # QEMU paused the VM and would wait forever

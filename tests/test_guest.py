@@ -2,6 +2,7 @@
 
 One boot runs the probes and a short run in the guest; the host then checks what came
 back (and the ivshmem backing file the guest wrote through the BAR)."""
+import hashlib
 import json
 import time
 
@@ -133,3 +134,29 @@ def test_x86_64_guest_same_suite(tmp_path):
     # KVM host it would kill the VM.
     assert {m["effective_inferred"] for m in metas} == {"not probed"}
     assert b"\x5a" * 4096 in shm.read_bytes()
+
+
+# The kernel floods the console with KERN_EMERG lines (printed at any loglevel; devkmsg
+# writes unthrottled) while the agent sends a file, the command's lines and the exit code.
+NOISY_SCRIPT = """
+echo on > /proc/sys/kernel/printk_devkmsg
+( i=0; while :; do echo "<0>dmt noise $i" > /dev/kmsg; i=$((i+1)); usleep 20000; done ) >/dev/null 2>&1 &
+head -c 300000 /dev/urandom > /tmp/noisy.bin
+sha256sum /tmp/noisy.bin | cut -d' ' -f1 > results/noisy.sha256
+mv /tmp/noisy.bin results/noisy.bin
+for i in $(seq 1 40); do echo "line $i"; done
+sleep 2
+exit 5
+"""
+
+
+def test_records_come_home_while_the_kernel_prints(guest_ready, tmp_path):
+    proc = run_cli("run", "--results", str(tmp_path), "--timeout", "300", "--", "sh", "-c", NOISY_SCRIPT,
+                   module="guestkit", timeout=400)
+    assert proc.returncode == 5, proc.stderr[-3000:]
+    assert proc.stdout == "".join(f"line {i}\n" for i in range(1, 41))
+    data = (tmp_path / "noisy.bin").read_bytes()
+    assert len(data) == 300000 and hashlib.sha256(data).hexdigest() == (tmp_path / "noisy.sha256").read_text().strip()
+    # The kernel did print on the console meanwhile, the agent saw it and resent.
+    assert proc.stderr.count("dmt noise") >= 20 and "batch(es) resent" in proc.stderr
+    assert "guest console" not in proc.stderr and "Traceback" not in proc.stderr

@@ -1,7 +1,5 @@
 """guestkit pieces that need no boot: the QEMU argv, the cpio writer, the record parser,
 the backports source derivation, and bad input."""
-import base64
-import hashlib
 import io
 import shutil
 import subprocess
@@ -11,7 +9,7 @@ import pytest
 
 from bench.errors import UserError
 from conftest import assert_one_line_error, run_cli
-from guestkit import agent, apt
+from guestkit import apt, frames
 from guestkit.cpio import CpioWriter
 from guestkit.launch import Receiver
 from guestkit.qemu import GuestConfig, get_arch
@@ -54,45 +52,47 @@ def test_cpio_is_readable_by_cpio_tool(tmp_path):
     assert (out / "top/f").read_bytes() == b"hello" and (out / "top/l").readlink() == Path("f")
 
 
-def _record(rel: str, data: bytes) -> list[str]:
-    body = base64.encodebytes(data).decode().splitlines()
-    return [f"{agent.FILE} {rel} {len(data)} {hashlib.sha256(data).hexdigest()[:16]}", *body, agent.END]
+def _record(rel: str, data: bytes) -> str:
+    return frames.encode("file", rel, data)
+
+
+def _feed(rx: Receiver, *texts: str) -> list:
+    return [item for text in texts for item in rx.feed(text)] + rx.finish()
 
 
 def test_receiver_writes_verified_files_and_settles_partials(tmp_path):
     rx = Receiver(tmp_path)
-    shown = [rx.feed(line) for line in ["boot", *_record("m/a.json", b"{1}"), *_record("m/.b.json.partial", b"{2}"),
-                                         *_record("../evil", b"x"), f"{agent.EXIT} 0"]]
+    shown = _feed(rx, "boot\n", _record("m/a.json", b"{1}"), _record("m/.b.json.partial", b"{2}"),
+                  _record("../evil", b"x"), frames.encode("exit", "0", b""))
     assert shown[0] == ("err", "boot\n") and rx.exit_code == 0
     assert (tmp_path / "m/a.json").read_bytes() == b"{1}"
-    assert not (tmp_path.parent / "evil").exists()
+    assert not (tmp_path.parent / "evil").exists() and "outside results/" in rx.errors[0]
     kept = rx.settle()
     assert (tmp_path / "m/b-partial.json").read_bytes() == b"{2}" and len(kept) == 2
 
 
 def test_receiver_gives_the_command_stdout_back_exactly(tmp_path):
-    # The command's stdout (tagged by the agent) alone goes to stdout, with its own line
+    # The command's stdout (records of kind out) alone goes to stdout, with its own line
     # ends; its stderr and the kernel's lines go to stderr.
     rx = Receiver(tmp_path)
-    items = [rx.feed(line) for line in ['@@DMT-OUT {"a": 1,', "[   3.1] reboot: Power down", "@@DMT-ERR warn",
-                                         '@@DMT-OUTN  "b": 2}']]
+    items = _feed(rx, frames.encode("out", "", b'{"a": 1,\n'), "[   3.1] reboot: Power down\r\n",
+                  frames.encode("err", "", b"warn\n"), frames.encode("out", "", b' "b": 2}'))
     assert "".join(t for s, t in items if s == "out") == '{"a": 1,\n "b": 2}'
     assert [t for s, t in items if s == "err"] == ["[   3.1] reboot: Power down\n", "warn\n"]
 
 
 def test_receiver_ignores_firmware_escapes(tmp_path):
     rx = Receiver(tmp_path)
-    assert rx.feed("\x1bc\x1b[?7l\x1b[2J" + agent.READY + " 2.7") is None and rx.ready_at is not None
-    assert rx.feed("\x1b[2J" + agent.EXIT + " 3") is None and rx.exit_code == 3
+    assert _feed(rx, "\x1bc\x1b[?7l\x1b[2J" + frames.encode("ready", "", b"2.7")) == [] and rx.ready_at is not None
+    assert _feed(rx, "\x1b[2J" + frames.encode("exit", "3", b"")) == [] and rx.exit_code == 3
 
 
 def test_receiver_rejects_damaged_record(tmp_path):
     rx = Receiver(tmp_path)
-    lines = _record("x.json", b"payload")
-    lines[1] = "AAAA"
-    for line in lines:
-        rx.feed(line)
-    assert not (tmp_path / "x.json").exists()
+    text = _record("x.json", b"payload")
+    _feed(rx, text.replace("cGF5bG9hZA", "cGF5bG9hZQ"), frames.encode("exit", "0", b""))
+    assert not (tmp_path / "x.json").exists() and rx.exit_code == 0
+    assert rx.errors == ["record 0 (chunk 0): a record line failed its checksum"]
 
 
 def test_backports_source_derived_from_configured_mirror(tmp_path, monkeypatch):

@@ -114,8 +114,10 @@ def run_host(kernel: kernels.Kernel, args) -> tuple[table.HostReport, int]:
             launch.run(arch, argv, accel="tcg", timeout=args.timeout, results=args.results, machine=MACHINE,
                        ivshmem_file=Path(shm.name), ivshmem_bytes=IVSHMEM_BYTES, memory_mb=memory, echo=console,
                        extra=files, setup=setup, kernel=kernel.image, kvm_host=True, rx=rx, cpu_model=args.cpu)
-        except UserError as exc:
+        except UserError as exc:  # incl. launch.ProtocolError: records the console garbled
             code, error = exc.code, str(exc)
+        except Exception as exc:  # noqa: BLE001 - one host's failure must not cost the other kernels
+            code, error = 3, f"boot failed: {type(exc).__name__}: {exc}"
     report = read_report(kernel.version, args.guest, rx.settle(), error)
     if error or report.error:
         print(f"lab: {kernel.version}: {report.error or error}", file=sys.stderr)

@@ -55,9 +55,10 @@ def table(attrs: list[str], rows: dict[str, list[Outcome]]) -> str:
 
 def stage2_comment(attr: str, fields: dict) -> str:
     """One KTAP comment with the stage-2 descriptor read for attr's VM (kvm target)."""
-    text = lambda v: "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)  # noqa: E731
-    return (f"# stage2 {attr}: read={fields['stage2_read']} memattr={text(fields['stage2_memattr'])} "
-            f"leaf={text(fields['stage2_leaf'])} fwb={text(fields['fwb'])}")
+    from bench.targets.kvm import json_text  # the kvm target's own rendering (imported only for it)
+
+    return (f"# stage2 {attr}: read={fields['stage2_read']} memattr={json_text(fields['stage2_memattr'])} "
+            f"leaf={json_text(fields['stage2_leaf'])} fwb={json_text(fields['fwb'])}")
 
 
 def ktap(target: str, outcomes: list[Outcome], emulated: bool = False, stage2: dict[str, dict] | None = None) -> str:

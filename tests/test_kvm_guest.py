@@ -181,8 +181,8 @@ BIG_SCRIPT = "\n".join([
     *(f"a=$(t); python3 -m bench probe --target kvm:{b}:{BDF}/2 --json > results/big-{b}.json 2> results/big-{b}.err; "
       f"echo {b} $a $(t) >> results/big-times.txt" for b in ("vfio", "sysfs")),
     f"python3 -m bench probe --target {VFIO} --attr normal --attr normal-nc --ktap > results/big-vfio.ktap",
-    f"python3 -m bench run --target {VFIO} --fast -p 1 --attr normal-nc --workload write-bw --size 4KiB "
-    "--label big-vfio > results/big-run.txt 2>&1",
+    (f"python3 -m bench run --target {VFIO} --fast -p 1 --attr normal-nc --workload write-bw --size 4KiB "
+     "--label big-vfio > results/big-run.txt 2>&1"),
     "cat > /tmp/vmmchecks.py <<'PYEOF'", VMM_CHECKS.strip(), "PYEOF",
     "python3 /tmp/vmmchecks.py > results/vmm-checks.json 2> results/vmm-checks.err",
 ])

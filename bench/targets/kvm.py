@@ -127,9 +127,13 @@ def stage2_metadata(fields: dict, host_fwb: bool | None) -> dict[str, str]:
     """The four fields as pyperf metadata (strings; 'null' for none); fwb: the read's, else
     the host's from its boot log."""
     fwb = fields["fwb"] if fields["fwb"] is not None else host_fwb
-    text = lambda v: "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)  # noqa: E731
-    return {"stage2_read": fields["stage2_read"], "stage2_memattr": text(fields["stage2_memattr"]),
-            "stage2_leaf": text(fields["stage2_leaf"]), "fwb": {True: "true", False: "false", None: "unknown"}[fwb]}
+    return {"stage2_read": fields["stage2_read"], "stage2_memattr": json_text(fields["stage2_memattr"]),
+            "stage2_leaf": json_text(fields["stage2_leaf"]), "fwb": {True: "true", False: "false", None: "unknown"}[fwb]}
+
+
+def json_text(value: object) -> str:
+    """A JSON scalar as text: 'null', 'true'/'false', or the number."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 @dataclass(frozen=True)
@@ -353,6 +357,7 @@ class KvmTarget(Target):
             for attr in attrs:
                 rows[attr] = []
                 read: dict = unavailable("no probe of this attribute touched the target")
+                final = False  # the read failed for a reason another probe cannot change (no module...)
                 for p in selected:
                     if p.writes and not backing.writable:
                         rows[attr].append(Outcome(attr, p.name, "skip", "writes not allowed (--allow-writes)"))
@@ -366,8 +371,9 @@ class KvmTarget(Target):
                         continue
                     answer = vm.call(OP_PROBE, p.index, self.attr_index(attr), timeout_ms=PROBE_TIMEOUT_MS)
                     if answer.status in ("done", "fault", "serror"):
-                        if not _read_ok(read):
+                        if not _read_ok(read) and not final:
                             read = read_stage2(vm)  # the VM exists and the probe's access has run
+                            final = not _read_ok(read) and not _may_map_later(read)
                     else:
                         vm.close()
                         vm = None
@@ -396,6 +402,11 @@ class KvmTarget(Target):
 
 def _read_ok(fields: dict) -> bool:
     return not str(fields["stage2_read"]).startswith("unavailable")
+
+
+def _may_map_later(fields: dict) -> bool:
+    """An unavailable read that a later access can change (KVM maps a page on its first fault)."""
+    return "not mapped" in str(fields["stage2_read"])
 
 
 def expected_outcome(probe: Probe, attr: str, stage2: str | None) -> str:

@@ -1,4 +1,4 @@
-"""`python -m guestkit <command>` (L0): deps, run, kmod, lab."""
+"""`python -m guestkit <command>` (L0): deps, run, kmod, lab, lava."""
 from __future__ import annotations
 
 import argparse
@@ -132,13 +132,19 @@ def cmd_lab(argv: list[str]) -> int:
     return lab.main(argv)
 
 
-HANDLERS = {"deps": cmd_deps, "run": cmd_run, "kmod": cmd_kmod, "lab": cmd_lab}
+def cmd_lava(argv: list[str]) -> int:
+    from guestkit.lava import l0_command as lava
+
+    return lava.main(argv)
+
+
+HANDLERS = {"deps": cmd_deps, "run": cmd_run, "kmod": cmd_kmod, "lab": cmd_lab, "lava": cmd_lava}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in HANDLERS:
-        print("usage: python -m guestkit {deps,run,kmod,lab} ...  (-h on each for options)", file=sys.stderr)
+        print("usage: python -m guestkit {deps,run,kmod,lab,lava} ...  (-h on each for options)", file=sys.stderr)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     try:
         return HANDLERS[argv[0]](argv[1:])

@@ -117,7 +117,8 @@ def ensure_lava() -> list[str]:
         if not shutil.which("lava-run"):
             raise UserError("lava-dispatcher is installed but lava-run is not on PATH: check the package")
     if not tuxrun_installed():
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", TUXRUN], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", TUXRUN], capture_output=True, text=True,
+                              check=False)
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise UserError(f"pip install {TUXRUN} failed: {tail}")

@@ -445,6 +445,7 @@ class Sender:
                 else:
                     self.resent += 1
                     self._quiet()
+                    part = lines[i:i + self._batch]  # the rest of the batch goes in the batches after
             i += len(part)
 
     def _quiet(self) -> None:

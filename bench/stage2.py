@@ -43,7 +43,7 @@ REASONS = {
     errno.ENOTTY: "the loaded dmattr module has no stage-2 read (DMATTR_IOC_S2READ): reload dmattr.ko "
                   "built from this checkout (python -m guestkit kmod build)",
     errno.EOPNOTSUPP: "this dmattr build has no stage-2 read (only arm64 KVM hosts have one)",
-    errno.EPERM: "kernel lockdown (confidentiality) forbids reading KVM's stage-2 tables",
+    errno.EPERM: "kernel lockdown forbids reading KVM's stage-2 tables (as it closes debugfs, KVM's own stage-2 dump)",
     errno.EACCES: "reading KVM's stage-2 tables needs CAP_SYS_RAWIO",
     errno.EBADF: "the VM fd is not an open file descriptor of this process",
     errno.EINVAL: "the fd is not a KVM VM fd (anon inode kvm-vm)",
@@ -129,7 +129,8 @@ def from_descriptor(desc: int, level: int, leaf: int, fwb: bool) -> Stage2Read:
 def read(vm_fd: int, ipa: int) -> Stage2Read:
     """The leaf stage-2 descriptor mapping `ipa` in the KVM VM behind `vm_fd` (an fd of this
     process), through /dev/dmattr ($DMTBENCH_DMATTR); never raises for the expected failures."""
-    from bench.targets.kmod import LOAD_HINT, device_path  # here: bench.targets imports the kvm target
+    # Imported here: bench.targets imports the kvm target, which imports this module.
+    from bench.targets.kmod import LOAD_HINT, device_path
 
     dev = device_path()
     try:

@@ -23,6 +23,7 @@ python -m bench run --target kmod --attr device-gre 2> results/refused.txt
 python -m bench probe --target kmod --json > results/probe-kmod.json
 python -m bench run --target kmod --fast --infer --workload write-bw --workload read-bw --size 64KiB --label kmod
 python -m bench probe --target kmod:pci:0000:00:01.0/2 --probe load8-unaligned --json > results/probe-kmod-bar.json
+python -m bench probe --target kmod:pci:0000:00:01.0/2,allow-claimed --probe load8-unaligned --json > results/probe-kmod-claimed.json
 python - > results/ioctl.json <<'PY'
 import errno, fcntl, json, mmap, os, sys
 from bench.targets.kmod import IOC_SET, REQ
@@ -38,12 +39,14 @@ bad = {
     "bar-index": (1, 6, 4096, *IVSHMEM, 9, 0),
     "bar-range": (1, 6, 4096, *IVSHMEM, 2, 1 << 20),
     "unsupported-attr": (0, 3, 4096, 0, 0, 0, 0, 0),
+    "unknown-flags": (0, 6, 4096, 0, 0, 0, 0, 0, 2),
+    "absent-bar": (1, 1, 4096, *IVSHMEM, 1, 0),   # ivshmem-plain has no BAR 1
 }
 fd = os.open("/dev/dmattr", os.O_RDWR)
 out = {}
 for name, req in bad.items():
     try:
-        fcntl.ioctl(fd, IOC_SET, REQ.pack(*req))
+        fcntl.ioctl(fd, IOC_SET, REQ.pack(*req, *(0, 0)[:10 - len(req)]))
         out[name] = 0
     except OSError as exc:
         out[name] = errno.errorcode[exc.errno]
@@ -52,18 +55,48 @@ try:
     out["mmap-before-set"] = 0
 except OSError as exc:
     out["mmap-before-set"] = errno.errorcode[exc.errno]
-fcntl.ioctl(fd, IOC_SET, REQ.pack(0, 6, 4096, 0, 0, 0, 0, 0))
+fcntl.ioctl(fd, IOC_SET, REQ.pack(0, 6, 4096, 0, 0, 0, 0, 0, 0, 0))
 try:
     mmap.mmap(fd, 8192)
     out["mmap-beyond-source"] = 0
 except OSError as exc:
     out["mmap-beyond-source"] = errno.errorcode[exc.errno]
-json.dump(out, sys.stdout)
+try:
+    mmap.mmap(fd, 4096, flags=mmap.MAP_PRIVATE)
+    out["mmap-private"] = 0
+except OSError as exc:
+    out["mmap-private"] = errno.errorcode[exc.errno]
+{IOBAR}json.dump(out, sys.stdout)
 PY
 python - > results/lifetime.json <<'PY'
 {LIFETIME}PY
+python - > results/rawio.json <<'PY'
+{RAWIO}PY
+python - > results/removal.json <<'PY'
+{REMOVAL}PY
 dmesg | grep dmattr: > results/dmesg.txt
 """
+# The first I/O-port BAR of any device here, asked for as a source: ENXIO.
+IOBAR = """
+# An I/O-port BAR of any device here (ENXIO); none on arm64 virt, several on x86 (IDE, SATA).
+out["io-bar"] = None
+for dev in sorted(os.listdir("/sys/bus/pci/devices")):
+    lines = open(f"/sys/bus/pci/devices/{dev}/resource").read().split()
+    for i in range(6):
+        start, end, flags = (int(v, 16) for v in lines[3 * i:3 * i + 3])
+        if flags & 0x100 and end > start:
+            dom, bus, slot = dev.split(":")
+            d, f = slot.split(".")
+            try:
+                fcntl.ioctl(fd, IOC_SET, REQ.pack(1, 1, 4096, int(dom, 16), int(bus, 16), int(d, 16) << 3 | int(f), i, 0, 0, 0))
+                out["io-bar"] = [dev, i, 0]
+            except OSError as exc:
+                out["io-bar"] = [dev, i, errno.errorcode[exc.errno]]
+            break
+    if out["io-bar"]:
+        break
+"""
+GUEST_SCRIPT = GUEST_SCRIPT.replace("{IOBAR}", IOBAR.lstrip())
 # SET while a mapping exists (also a split one, a fork's copy), and the RAM cap from the module.
 LIFETIME = """
 import ctypes, errno, fcntl, json, mmap, os, sys
@@ -77,7 +110,7 @@ PAGE = mmap.PAGESIZE
 
 def set_ram(fd, size, attr=6):
     try:
-        fcntl.ioctl(fd, IOC_SET, REQ.pack(0, attr, size, 0, 0, 0, 0, 0))
+        fcntl.ioctl(fd, IOC_SET, REQ.pack(0, attr, size, 0, 0, 0, 0, 0, 0, 0))
         return "ok"
     except OSError as exc:
         return errno.errorcode[exc.errno]
@@ -127,7 +160,87 @@ out["set-above-max"] = set_ram(fd, info.max_ram + PAGE)
 out["release"] = os.uname().release
 json.dump(out, sys.stdout)
 """
-GUEST_SCRIPT = GUEST_SCRIPT.replace("{LIFETIME}", LIFETIME.lstrip())
+# Without CAP_SYS_RAWIO (dropped from the bounding set too, so an exec'd root keeps it off):
+# the open is refused, and the CLI says so in one line.
+RAWIO = """
+import ctypes, errno, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+CAP_SYS_RAWIO, PR_CAPBSET_DROP = 17, 24
+
+class Hdr(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+class Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+def drop_rawio():
+    assert libc.prctl(PR_CAPBSET_DROP, CAP_SYS_RAWIO, 0, 0, 0) == 0
+    hdr, data = Hdr(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    assert libc.capget(ctypes.byref(hdr), data) == 0
+    data[0].effective &= ~(1 << CAP_SYS_RAWIO)
+    data[0].permitted &= ~(1 << CAP_SYS_RAWIO)
+    assert libc.capset(ctypes.byref(hdr), data) == 0
+
+out = {}
+pid = os.fork()
+if pid == 0:
+    drop_rawio()
+    try:
+        os.close(os.open("/dev/dmattr", os.O_RDWR))
+        os._exit(0)
+    except OSError as exc:
+        os._exit(exc.errno)
+out["open"] = errno.errorcode.get(os.WEXITSTATUS(os.waitpid(pid, 0)[1]), "ok")
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    drop_rawio()
+    os.dup2(w, 2)
+    os.execvp(sys.executable, [sys.executable, "-m", "bench", "targets", "--target", "kmod"])
+os.close(w)
+err = os.read(r, 65536).decode()
+out["cli"] = {"status": os.WEXITSTATUS(os.waitpid(pid, 0)[1]), "stderr": err}
+json.dump(out, sys.stdout)
+"""
+# Hot-removal of the device under a BAR mapping: its PTEs are zapped (SIGBUS), another fd's
+# RAM mapping is refilled by the fault handler with its data, and no new mmap is allowed.
+REMOVAL = """
+import errno, fcntl, json, mmap, os, signal, sys
+from bench.targets.kmod import IOC_SET, REQ
+DEV = "/sys/bus/pci/devices/0000:00:01.0"
+out = {}
+bar, ram = os.open("/dev/dmattr", os.O_RDWR), os.open("/dev/dmattr", os.O_RDWR)
+open(f"{DEV}/enable", "w").write("1")
+fcntl.ioctl(bar, IOC_SET, REQ.pack(1, 1, 4096, 0, 0, 1 << 3, 2, 0, 0, 0))
+fcntl.ioctl(ram, IOC_SET, REQ.pack(0, 6, 4096, 0, 0, 0, 0, 0, 0, 0))
+pb, pr = mmap.mmap(bar, 4096), mmap.mmap(ram, 4096)
+pb[:4], pr[:4] = b"abcd", b"wxyz"
+
+def child_touch(m):
+    pid = os.fork()
+    if pid == 0:
+        m[0]
+        os._exit(0)
+    st = os.waitpid(pid, 0)[1]
+    return signal.Signals(os.WTERMSIG(st)).name if os.WIFSIGNALED(st) else "ok"
+
+out["bar-before"] = child_touch(pb)
+open(f"{DEV}/remove", "w").write("1")
+out["bar-after-remove"] = child_touch(pb)
+out["ram-after-remove"] = pr[:4].decode()
+try:
+    mmap.mmap(bar, 4096)
+    out["mmap-after-remove"] = "ok"
+except OSError as exc:
+    out["mmap-after-remove"] = errno.errorcode[exc.errno]
+pb.close()
+pr.close()
+open("/sys/bus/pci/rescan", "w").write("1")
+out["rescanned"] = os.path.isdir(DEV)
+json.dump(out, sys.stdout)
+"""
+GUEST_SCRIPT = GUEST_SCRIPT.replace("{LIFETIME}", LIFETIME.lstrip()).replace("{RAWIO}", RAWIO.lstrip()) \
+    .replace("{REMOVAL}", REMOVAL.lstrip())
 
 
 def elf_machine(path) -> int:
@@ -196,8 +309,8 @@ def test_unknown_kernel_headers_is_one_line(guest_ready):
 
 
 def test_ioctl_numbers_match_the_header():
-    assert REQ.size == 40 and INFO.size == 16
-    assert IOC_SET == 0x40284401 and IOC_INFO == 0x80104403  # _IOW('D',1,40), _IOR('D',3,16)
+    assert REQ.size == 48 and INFO.size == 16
+    assert IOC_SET == 0x40304401 and IOC_INFO == 0x80104403  # _IOW('D',1,48), _IOR('D',3,16)
     header = (REPO / "guestkit" / "kmod" / "dmattr.h").read_text()
     assert "DMATTR_IOC_SET _IOW('D', 1, struct dmattr_req)" in header
     assert "DMATTR_IOC_INFO _IOR('D', 3, struct dmattr_info)" in header
@@ -265,20 +378,41 @@ def test_run_over_all_attributes_comes_home(kmod_run):
 def test_bar_range_through_the_module(kmod_run):
     data = json.loads((kmod_run / "probe-kmod-bar.json").read_text())
     assert data["target"] == "kmod:pci:0000:00:01.0/2"
-    assert data["inferred"] == {"device-ngnrne": "device", "device-ngnre": "device", "normal-nc": "normal",
-                                "normal": "normal"}
+    inferred = {"device-ngnrne": "device", "device-ngnre": "device", "normal-nc": "normal", "normal": "normal"}
+    assert data["inferred"] == inferred
+    # The ownership override (DMATTR_ALLOW_CLAIMED) travels in the spec and changes nothing
+    # for an unowned device.
+    claimed = json.loads((kmod_run / "probe-kmod-claimed.json").read_text())
+    assert claimed["target"] == "kmod:pci:0000:00:01.0/2,allow-claimed" and claimed["inferred"] == inferred
 
 
 def test_module_rejects_every_bad_request_and_says_why(kmod_run):
     got = json.loads((kmod_run / "ioctl.json").read_text())
     unsupported = errno.errorcode[errno.EOPNOTSUPP]  # ENOTSUP: the same number on Linux
-    assert got == {name: "EINVAL" for name in got if name != "unsupported-attr"} | {"unsupported-attr": unsupported}
-    assert len(got) == 12
+    special = {"unsupported-attr": unsupported, "absent-bar": "ENXIO", "io-bar": None}
+    assert got == {name: "EINVAL" for name in got if name not in special} | special  # arm64 virt: no I/O BAR
+    assert len(got) == 16
     dmesg = (kmod_run / "dmesg.txt").read_text()
     for why in ("unknown attribute 99", "must be non-zero page multiples", "above the", "takes no offset",
                 "unknown source 7", "no PCI device", "bad BAR address", "is outside BAR 2", "device-gre is not expressible",
-                "mmap before DMATTR_IOC_SET", "exceeds the 4096-byte source"):
+                "mmap before DMATTR_IOC_SET", "exceeds the 4096-byte source", "unknown flags 0x2",
+                "BAR 1 of 0000:00:01.0 is not a memory BAR", "MAP_PRIVATE refused"):
         assert why in dmesg, why
+
+
+def test_caller_without_cap_sys_rawio_is_refused(kmod_run):
+    got = json.loads((kmod_run / "rawio.json").read_text())
+    assert got["open"] == "EPERM"
+    assert got["cli"]["status"] == 2 and len(got["cli"]["stderr"].strip().splitlines()) == 1
+    assert got["cli"]["stderr"].startswith("error: no permission to open /dev/dmattr") and "CAP_SYS_RAWIO" in got["cli"]["stderr"]
+    assert "open refused: the caller lacks CAP_SYS_RAWIO" in (kmod_run / "dmesg.txt").read_text()
+
+
+def test_device_removal_zaps_bar_mappings_only(kmod_run):
+    got = json.loads((kmod_run / "removal.json").read_text())
+    assert got == {"bar-before": "ok", "bar-after-remove": "SIGBUS", "ram-after-remove": "wxyz",
+                   "mmap-after-remove": "ENODEV", "rescanned": True}
+    assert "0000:00:01.0 removed: its dmattr mappings are zapped" in (kmod_run / "dmesg.txt").read_text()
 
 
 def check_lifetime(results) -> dict:
@@ -324,6 +458,36 @@ def test_module_on_6_12_guest(guest_ready, tmp_path):
     assert data["inferred"] == {a: "device" if a in DEVICE else "normal" for a in DEVICE | NORMAL}
 
 
+UNASSIGNED = """
+import errno, fcntl, json, os, sys
+from bench.targets.kmod import IOC_SET, REQ
+fd = os.open("/dev/dmattr", os.O_RDWR)
+try:
+    fcntl.ioctl(fd, IOC_SET, REQ.pack(1, 1, 4096, 0, 0, 1 << 3, 2, 0, 0, 0))
+    out = "ok"
+except OSError as exc:
+    out = errno.errorcode[exc.errno]
+json.dump({"set": out, "resource": open("/sys/bus/pci/devices/0000:00:01.0/resource").read().splitlines()[2]},
+          sys.stdout)
+"""
+
+
+def test_unassigned_bar_is_refused(guest_ready, tmp_path):
+    # A 1 TiB ivshmem BAR does not fit the virt machine's 512 GiB 64-bit window: the kernel
+    # fails to assign it (and clears its flags; an IORESOURCE_UNSET BAR that keeps
+    # IORESOURCE_MEM, the x86 case the module also refuses, could not be made here).
+    res = tmp_path / "results"
+    script = "python - > results/unassigned.json <<'PY'\n" + UNASSIGNED.lstrip() + "PY\ndmesg > results/dmesg.txt\n"
+    proc = run_cli("run", "--kmod", "--ivshmem", "1TiB", "--timeout", "300", "--results", str(res), "--", "sh", "-c",
+                   script, module="guestkit", timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    got = json.loads((res / "unassigned.json").read_text())
+    dmesg = (res / "dmesg.txt").read_text()
+    assert "0000:00:01.0: BAR 2 [mem size 0x10000000000 64bit pref]: failed to assign" in dmesg
+    assert got["set"] == "ENXIO" and got["resource"].split()[2] == "0x0000000000000000"
+    assert "BAR 2 of 0000:00:01.0 is not a memory BAR (I/O, absent, or left unassigned)" in dmesg
+
+
 X86_SCRIPT = """
 mount -t debugfs debugfs /sys/kernel/debug
 python -m bench targets --target kmod > results/targets-kmod.txt
@@ -355,10 +519,14 @@ uc = open_target("pci:0000:00:01.0/2").open("device-ngnre", 4096)
 out["wc-over-uc"] = {"kmod": try_open("kmod:pci:0000:00:01.0/2", "normal-nc", 4096),
                      "sysfs": try_open("pci:0000:00:01.0/2", "normal-nc", 4096)}
 uc.close()
-json.dump(out, sys.stdout)
+import errno, fcntl, os
+from bench.targets.kmod import IOC_SET, REQ
+fd = os.open("/dev/dmattr", os.O_RDWR)
+{IOBAR}json.dump(out, sys.stdout)
 PY
 dmesg > results/dmesg.txt
 """
+X86_SCRIPT = X86_SCRIPT.replace("{IOBAR}", IOBAR.lstrip())
 PAT_NAME = {"device-ngnrne": "uncached", "device-ngnre": "uncached-minus", "normal-nc": "write-combining",
             "normal-wt": "write-through", "normal": "write-back"}
 
@@ -389,6 +557,9 @@ def test_x86_pat_gives_the_type_asked(tmp_path):
     assert got["sysfs-wc"]["realised"] == "sysfs resource2_wc (PAT write-combining, read back from pat_memtype_list)"
     assert "the kernel mapped another memory type than asked" in got["wc-over-uc"]["kmod"]["error"]
     assert "PAT gave uncached-minus" in got["wc-over-uc"]["sysfs"]["error"]
+    dev, bar, err = got["io-bar"]  # an x86 PC has I/O-port BARs (IDE, SATA): refused as not memory
+    assert err == "ENXIO", got["io-bar"]
     dmesg = (res / "dmesg.txt").read_text()
+    assert f"BAR {bar} of {dev} is not a memory BAR" in dmesg
     assert "map pfn RAM range" not in dmesg  # PAT replaced a RAM buffer's type (the old bug)
     assert "dmattr: normal-nc asked, but the page table holds memory-type bits" in dmesg

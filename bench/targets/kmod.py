@@ -6,6 +6,12 @@ keeps every safety rule of the pci target (it is built on it).  What each source
 take, and the largest buffer, come from the module (DMATTR_IOC_INFO): they depend on the
 kernel (its top page order, PAT on x86).  The module checks the PTEs it installed, so a
 mapping it returns has the memory type asked for.
+
+The module maps a BAR only under the rules of sysfs resourceN (no lockdown, an assigned
+memory BAR, no range a driver claimed exclusively) and only when no driver other than
+vfio-pci owns the device; `kmod:pci:<BDF>/<bar>,allow-claimed` lifts the ownership rule
+(DMATTR_ALLOW_CLAIMED) for a device the user knows is idle.  Each refusal is one line
+that says what to do (REFUSALS, by errno).
 """
 from __future__ import annotations
 
@@ -26,21 +32,33 @@ from bench.targets.pci import PciTarget
 # enum dmattr_attr in guestkit/kmod/dmattr.h numbers the attributes in memtypes' order.
 ATTR_CODES = {name: i for i, name in enumerate(memtypes.names())}
 SRC_RAM, SRC_BAR = 0, 1
-REQ = struct.Struct("<IIQIIIIQ")     # struct dmattr_req
+REQ = struct.Struct("<IIQIIIIQII")   # struct dmattr_req
 INFO = struct.Struct("<IIQ")         # struct dmattr_info
 IOC_SET = (1 << 30) | (REQ.size << 16) | (ord("D") << 8) | 1      # _IOW('D', 1, struct dmattr_req)
 IOC_INFO = (2 << 30) | (INFO.size << 16) | (ord("D") << 8) | 3    # _IOR('D', 3, struct dmattr_info)
+ALLOW_CLAIMED = 1                    # DMATTR_ALLOW_CLAIMED
+CLAIMED_OPTION = ",allow-claimed"
 LOAD_HINT = "load the module: python -m guestkit kmod build, then insmod dmattr.ko (or python -m guestkit run --kmod)"
 # x86 attributes the module offers a BAR but not RAM (see the comment atop dmattr.c).
 X86_RAM_LIMITS = {
     "device-ngnrne": "x86 PAT gives RAM UC- at most, never strong UC",
     "normal-wt": "set_memory_wt() is not exported to modules, so RAM cannot be made WT",
 }
-# Why the module refused a SET or mmap, by errno (dmesg has the details).
+# Why the module refused a SET or mmap, by errno, and what to do (dmesg has the details).
 REFUSALS = {
     errno.EOPNOTSUPP: "not supported by this kernel for this source",
     errno.EBUSY: "the fd's source is still mapped",
     errno.EIO: "the kernel mapped another memory type than asked",
+    errno.EPERM: "the kernel forbids userspace mappings of this range (lockdown, or a driver claimed it "
+                 "exclusively), as it forbids sysfs resourceN: nothing to do but lift the lockdown or unload that driver",
+    errno.ENXIO: "not a memory BAR (an I/O-port or empty BAR, or one the kernel found no room for): "
+                 "pick an assigned memory BAR (lspci -v)",
+    errno.EADDRNOTAVAIL: "the BAR has no address assigned (the kernel left it unassigned): nothing to map; "
+                         "see lspci -vv and the kernel log for the BAR assignment",
+    errno.EACCES: "a driver other than vfio-pci owns the device or requested the range: unbind it (or bind vfio-pci), "
+                  f"or add {CLAIMED_OPTION} to the target if you know the device is idle",
+    errno.ENODEV: "memory decoding is off on the device, or it was removed: write 1 to its sysfs enable, or rescan",
+    errno.ENOTTY: "the loaded dmattr.ko is older than this checkout: reload the one python -m guestkit kmod build makes",
 }
 
 
@@ -58,7 +76,7 @@ def module_info(dev: Path) -> ModuleInfo:
     try:
         fd = os.open(dev, os.O_RDWR)
     except PermissionError:
-        raise UserError(f"no permission to open {dev}: run as root") from None
+        raise UserError(f"no permission to open {dev}: run as root (dmattr needs CAP_SYS_RAWIO, as /dev/mem does)") from None
     try:
         raw = fcntl.ioctl(fd, IOC_INFO, bytes(INFO.size))
     except OSError as exc:
@@ -78,8 +96,10 @@ class KmodTarget(Target):
 
     def __init__(self, spec: str, allow_reads: bool = False, allow_writes: bool = False) -> None:
         rest = spec.removeprefix("kmod").removeprefix(":")
+        self.allow_claimed = rest.endswith(CLAIMED_OPTION)
+        rest = rest.removesuffix(CLAIMED_OPTION)
         self.pci = PciTarget(rest, allow_reads, allow_writes) if rest else None
-        self.spec = f"kmod:{self.pci.spec}" if self.pci else "kmod"
+        self.spec = f"kmod:{self.pci.spec}{CLAIMED_OPTION if self.allow_claimed else ''}" if self.pci else "kmod"
         self.dev = device_path()
         if not self.dev.exists():
             raise UserError(f"no {self.dev}: {LOAD_HINT}")
@@ -107,9 +127,10 @@ class KmodTarget(Target):
 
     def _request(self, attr: str, size: int) -> bytes:
         if not self.pci:
-            return REQ.pack(SRC_RAM, ATTR_CODES[attr], size, 0, 0, 0, 0, 0)
+            return REQ.pack(SRC_RAM, ATTR_CODES[attr], size, 0, 0, 0, 0, 0, 0, 0)
         dom, bus, devfn = self.pci.bdf_numbers()
-        return REQ.pack(SRC_BAR, ATTR_CODES[attr], size, dom, bus, devfn, self.pci.index, 0)
+        flags = ALLOW_CLAIMED if self.allow_claimed else 0
+        return REQ.pack(SRC_BAR, ATTR_CODES[attr], size, dom, bus, devfn, self.pci.index, 0, flags, 0)
 
     def open(self, attr: str, size: int) -> Mapping:
         attr = memtypes.canonical(attr)
@@ -119,7 +140,12 @@ class KmodTarget(Target):
             raise UserError(f"{self.spec} gives at most {limit} bytes, {size} asked: pass a smaller --size")
         size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
         writable = self.pci.allow_writes if self.pci else True
-        fd = os.open(self.dev, os.O_RDWR)
+        if self.pci:
+            self.pci._enable()  # the module refuses a device with memory decoding off
+        try:
+            fd = os.open(self.dev, os.O_RDWR)
+        except PermissionError:
+            raise UserError(f"no permission to open {self.dev}: run as root (dmattr needs CAP_SYS_RAWIO)") from None
         try:
             fcntl.ioctl(fd, IOC_SET, self._request(attr, size))
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)

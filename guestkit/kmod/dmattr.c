@@ -30,8 +30,28 @@
  * Each mmap reads back the memory-type bits of the PTEs it installed (first and last page)
  * and fails with -EIO, saying what it found in dmesg, unless they are the type asked for:
  * PAT replaces a type without failing the mapping.
+ *
+ * A BAR is mapped under the rules of the sysfs resourceN mmap (drivers/pci/pci-sysfs.c
+ * pci_mmap_resource, 6.1..7.x): not under lockdown (LOCKDOWN_PCI_ACCESS), only an assigned
+ * memory BAR, never a range a driver claimed exclusively (iomem_is_exclusive(), which is
+ * not exported: the same test through walk_iomem_res_desc(), over the whole range), and
+ * not a range another driver requested (IO_STRICT_DEVMEM, as Debian builds) unless the
+ * caller passes DMATTR_ALLOW_CLAIMED; also refused: a device bound to a driver other than
+ * vfio-pci (same flag), memory decoding off, a BAR start off a page boundary, MAP_PRIVATE
+ * (a private mapping's first write would copy the page into anonymous RAM with this
+ * protection).  Opening /dev/dmattr needs CAP_SYS_RAWIO, as /dev/mem does.
+ * The source holds its pci_dev until nothing maps it.  When the device is removed (or
+ * bound to another driver without DMATTR_ALLOW_CLAIMED) a PCI bus notifier zaps every PTE
+ * of /dev/dmattr (unmap_mapping_range on the device inode's mapping: all fds share it);
+ * the fault handler then refills the mappings of live sources and gives SIGBUS on the
+ * removed one, so nothing keeps a physical range that may be reassigned.  A reset is not
+ * seen by a module that does not drive the device; it keeps the BAR's address.
+ *
+ * DMATTR_IOC_S2READ (arm64): the leaf stage-2 descriptor of a KVM VM's IPA, see s2_read().
  */
 #include <linux/atomic.h>
+#include <linux/capability.h>
+#include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/gfp.h>
 #include <linux/io.h>
@@ -39,13 +59,24 @@
 #include <linux/mm.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
+#include <linux/ioport.h>
+#include <linux/kallsyms.h>
+#include <linux/list.h>
 #include <linux/pci.h>
+#include <linux/rcupdate.h>
+#include <linux/security.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
 #include <linux/version.h>
 #ifdef CONFIG_ARM64
 #include <asm/cpufeature.h>
 #include <asm/sysreg.h>
+#if IS_ENABLED(CONFIG_KVM)
+#define DMATTR_S2 1
+#include <linux/kvm_host.h>
+#include <asm/kvm_pgtable.h>
+#include <asm/virt.h>
+#endif
 #endif
 #ifdef CONFIG_X86
 #include <asm/memtype.h>
@@ -87,8 +118,18 @@ struct dmattr_ctx {
 	struct page *pages;  /* RAM source */
 	unsigned int order;
 	bool typed;          /* x86: the pages' memtype was changed from WB */
+	bool leaked;         /* x86: set_memory_wb() failed, so the pages are never freed */
 	phys_addr_t phys;    /* start of the source */
+	struct pci_dev *pdev; /* BAR source: held until nothing maps it */
+	bool gone;           /* the BAR's device was removed (or taken by another driver) */
+	bool allow_claimed;  /* DMATTR_ALLOW_CLAIMED: another driver may own the device */
+	struct list_head node; /* in bar_ctxs while pdev is set */
+	struct address_space *mapping; /* the /dev/dmattr inode's, shared by every fd */
 };
+
+/* The contexts with a BAR source, for the bus notifier (bar_lock nests outside no lock). */
+static LIST_HEAD(bar_ctxs);
+static DEFINE_MUTEX(bar_lock);
 
 #ifdef CONFIG_X86
 /* The page protection for an attribute on `source`, or false where x86 has no such type. */
@@ -143,8 +184,17 @@ static int ram_type_set(struct dmattr_ctx *ctx, u32 attr)
 
 static void ram_type_clear(struct dmattr_ctx *ctx)
 {
+	int ret = 0;
+
 	if (ctx->typed)
-		set_memory_wb((unsigned long)page_address(ctx->pages), 1 << ctx->order);
+		ret = set_memory_wb((unsigned long)page_address(ctx->pages), 1 << ctx->order);
+	if (ret) {
+		/* Freed pages would be reused as write-back memory while the linear map (and
+		 * PAT's record) still say UC/WC: keep them out of the allocator for good. */
+		pr_err("dmattr: set_memory_wb failed (%d): leaking %lu bytes at %pa rather than freeing them still %s\n",
+		       ret, PAGE_SIZE << ctx->order, &ctx->phys, attr_names[ctx->req.attr]);
+		ctx->leaked = true;
+	}
 	ctx->typed = false;
 }
 #else /* CONFIG_ARM64 */
@@ -217,9 +267,19 @@ static void release_source(struct dmattr_ctx *ctx)
 {
 	if (ctx->pages) {
 		ram_type_clear(ctx);
-		__free_pages(ctx->pages, ctx->order);
+		if (!ctx->leaked)
+			__free_pages(ctx->pages, ctx->order);
 	}
 	ctx->pages = NULL;
+	ctx->leaked = false;
+	if (ctx->pdev) {
+		mutex_lock(&bar_lock);
+		list_del(&ctx->node);
+		mutex_unlock(&bar_lock);
+		pci_dev_put(ctx->pdev);
+		ctx->pdev = NULL;
+	}
+	ctx->gone = false;
 	ctx->set = false;
 }
 
@@ -247,16 +307,75 @@ static int set_ram(struct dmattr_ctx *ctx, const struct dmattr_req *req)
 	return ret;
 }
 
+/* walk_iomem_res_desc callback: any match stops the walk. */
+static int found_res(struct resource *res, void *arg)
+{
+	return 1;
+}
+
+/* Whether an iomem resource with all of `flags` overlaps [start, start + len). */
+static bool range_has(resource_size_t start, resource_size_t len, unsigned long flags)
+{
+	return walk_iomem_res_desc(IORES_DESC_NONE, flags, start, start + len - 1, NULL, found_res) == 1;
+}
+
+/* Whether memory decoding is on (PCI_COMMAND_MEMORY): off, an access is a master abort. */
+static bool decodes_memory(struct pci_dev *pdev)
+{
+	u16 cmd = 0;
+
+	pci_read_config_word(pdev, PCI_COMMAND, &cmd);
+	return cmd & PCI_COMMAND_MEMORY;
+}
+
+/* 0, or why [phys, phys + size) of pdev may not be mapped: the rules of the sysfs resource
+ * mmap (pci_mmap_resource) and of ownership. */
+static int bar_allowed(struct pci_dev *pdev, const struct dmattr_req *req, resource_size_t phys)
+{
+	bool allow = req->flags & DMATTR_ALLOW_CLAIMED, vfio;
+	const char *drv;
+	int ret = 0;
+
+	/* iomem_is_exclusive(), over the whole range: system RAM the kernel keeps to itself
+	 * or a region a driver requested exclusively (request_mem_region_exclusive). */
+	if (range_has(phys, req->size, IORESOURCE_MEM | IORESOURCE_EXCLUSIVE)) {
+		pr_warn("dmattr: %s BAR %u: a driver claimed this range exclusively, so no userspace mapping "
+			"(as sysfs and /dev/mem refuse it)\n", pci_name(pdev), req->bar);
+		return -EPERM;
+	}
+	device_lock(&pdev->dev);
+	drv = pdev->dev.driver ? pdev->dev.driver->name : NULL;
+	vfio = drv && !strcmp(drv, "vfio-pci");
+	if (drv && !vfio && !allow) {
+		pr_warn("dmattr: %s is bound to %s: it may be using the BAR; unbind it (or bind vfio-pci), "
+			"or pass allow-claimed if the device is idle\n", pci_name(pdev), drv);
+		ret = -EACCES;
+	} else if (IS_ENABLED(CONFIG_IO_STRICT_DEVMEM) && !vfio && !allow &&
+		   range_has(phys, req->size, IORESOURCE_MEM | IORESOURCE_BUSY)) {
+		/* What iomem_is_exclusive() refuses under IO_STRICT_DEVMEM: a requested region. */
+		pr_warn("dmattr: %s BAR %u: the range is requested by a driver (/proc/iomem); release it, "
+			"or pass allow-claimed\n", pci_name(pdev), req->bar);
+		ret = -EACCES;
+	}
+	device_unlock(&pdev->dev);
+	return ret;
+}
+
 static int set_bar(struct dmattr_ctx *ctx, const struct dmattr_req *req)
 {
 	struct pci_dev *pdev;
-	resource_size_t len;
+	resource_size_t len, start;
 	unsigned long flags;
+	int ret = -EINVAL;
 
 	if (req->bar >= PCI_STD_NUM_BARS || req->bus > 0xff || req->devfn > 0xff) {
 		pr_warn("dmattr: bad BAR address %04x:%02x:%02x.%x BAR %u\n", req->domain, req->bus,
 			PCI_SLOT(req->devfn), PCI_FUNC(req->devfn), req->bar);
 		return -EINVAL;
+	}
+	if (security_locked_down(LOCKDOWN_PCI_ACCESS)) {
+		pr_warn("dmattr: kernel lockdown forbids userspace mappings of PCI BARs (as sysfs resourceN)\n");
+		return -EPERM;
 	}
 	pdev = pci_get_domain_bus_and_slot(req->domain, req->bus, req->devfn);
 	if (!pdev) {
@@ -266,18 +385,43 @@ static int set_bar(struct dmattr_ctx *ctx, const struct dmattr_req *req)
 	}
 	len = pci_resource_len(pdev, req->bar);
 	flags = pci_resource_flags(pdev, req->bar);
-	ctx->phys = pci_resource_start(pdev, req->bar) + req->offset;
+	start = pci_resource_start(pdev, req->bar);
 	if (!(flags & IORESOURCE_MEM) || !len) {
-		pr_warn("dmattr: BAR %u of %s is not a memory BAR\n", req->bar, pci_name(pdev));
-		pci_dev_put(pdev);
-		return -EINVAL;
-	}
-	pci_dev_put(pdev);
-	if (req->offset >= len || req->size > len - req->offset) {
+		/* Also where the kernel found no room for the BAR: 6.1..7.2 then clear its flags. */
+		pr_warn("dmattr: BAR %u of %s is not a memory BAR (I/O, absent, or left unassigned): "
+			"pick an assigned memory BAR (lspci -v)\n", req->bar, pci_name(pdev));
+		ret = -ENXIO;
+	} else if ((flags & IORESOURCE_UNSET) || !start) {
+		/* An unassigned BAR's start is 0 or its size: mapping it would map whatever
+		 * sits at that physical address (RAM from 0 on x86). */
+		pr_warn("dmattr: BAR %u of %s has no address assigned (IORESOURCE_UNSET): the kernel did not place it; "
+			"nothing to map\n", req->bar, pci_name(pdev));
+		ret = -EADDRNOTAVAIL;
+	} else if (!PAGE_ALIGNED(start)) {
+		pr_warn("dmattr: BAR %u of %s starts at %pa, not on a page boundary: its page holds other registers\n",
+			req->bar, pci_name(pdev), &start);
+		ret = -EINVAL;
+	} else if (req->offset >= len || req->size > len - req->offset) {
 		pr_warn("dmattr: range %llu+%llu is outside BAR %u (%llu bytes)\n", req->offset, req->size,
 			req->bar, (unsigned long long)len);
-		return -EINVAL;
+		ret = -EINVAL;
+	} else if (!decodes_memory(pdev)) {
+		pr_warn("dmattr: %s has memory decoding off (PCI_COMMAND_MEMORY): write 1 to its sysfs enable\n",
+			pci_name(pdev));
+		ret = -ENODEV;
+	} else {
+		ret = bar_allowed(pdev, req, start + req->offset);
 	}
+	if (ret) {
+		pci_dev_put(pdev);
+		return ret;
+	}
+	ctx->phys = start + req->offset;
+	ctx->allow_claimed = req->flags & DMATTR_ALLOW_CLAIMED;
+	ctx->pdev = pdev; /* the reference is dropped by release_source, after the last munmap */
+	mutex_lock(&bar_lock);
+	list_add(&ctx->node, &bar_ctxs);
+	mutex_unlock(&bar_lock);
 	return 0;
 }
 
@@ -304,6 +448,10 @@ static int check_req(const struct dmattr_req *req)
 	}
 	if (req->source == DMATTR_SRC_RAM && req->offset) {
 		pr_warn("dmattr: a RAM source takes no offset\n");
+		return -EINVAL;
+	}
+	if (req->flags & ~DMATTR_ALLOW_CLAIMED || req->pad) {
+		pr_warn("dmattr: unknown flags %#x\n", req->flags);
 		return -EINVAL;
 	}
 	return 0;
@@ -333,6 +481,154 @@ static long dmattr_set(struct dmattr_ctx *ctx, const struct dmattr_req *req)
 	return ret;
 }
 
+#ifdef DMATTR_S2
+#ifdef KVM_PGTABLE_LAST_LEVEL
+#define DMATTR_S2_LAST KVM_PGTABLE_LAST_LEVEL          /* 6.7+: levels are s8, -1 with LPA2 */
+#else
+#define DMATTR_S2_LAST ((int)KVM_PGTABLE_MAX_LEVELS - 1)
+#endif
+
+/* The struct kvm behind a KVM VM fd, or NULL.  Only a file whose f_op is kvm_vm_fops has a
+ * struct kvm as private_data; kvm_vm_fops is static, so the test is file_is_kvm() where it
+ * is exported (6.1, 6.12; Kbuild looks in Module.symvers), else the symbol the f_op
+ * pointer resolves to (7.x: CONFIG_KALLSYMS_ALL).  The anon inode name ("kvm-vm", from
+ * kvm_dev_ioctl_create_vm) comes first: any module can name a file so, so it only filters. */
+static struct kvm *kvm_of(struct file *f)
+{
+	if (strcmp(f->f_path.dentry->d_name.name, "kvm-vm"))
+		return NULL;
+#if defined(DMATTR_HAVE_FILE_IS_KVM)
+	return file_is_kvm(f) ? f->private_data : NULL;
+#elif defined(CONFIG_KALLSYMS_ALL)
+	{
+		char sym[KSYM_SYMBOL_LEN];
+
+		sprint_symbol(sym, (unsigned long)f->f_op);
+		return strncmp(sym, "kvm_vm_fops+0x0/", 16) ? NULL : f->private_data;
+	}
+#else
+	pr_warn("dmattr: this kernel neither exports file_is_kvm nor has KALLSYMS_ALL: cannot tell a KVM VM fd\n");
+	return NULL;
+#endif
+}
+
+/* Walk pgt for r->ipa with the architectural descriptor format: the entry level (which may
+ * be up to 16 concatenated tables, so its index is not masked) from pgt->start_level and
+ * pgt->ia_bits, table addresses through the linear map (KVM's host stage-2 mm_ops
+ * phys_to_virt is __va).  Fills r; no valid leaf leaves DMATTR_S2_MAPPED clear. */
+static int s2_walk(struct kvm_pgtable *pgt, struct dmattr_s2_read *r)
+{
+	int level;
+	kvm_pte_t *table, pte = 0;
+	u64 shift = 0, idx;
+
+	if (!pgt)
+		return -ENOENT;
+	level = pgt->start_level;
+	r->ia_bits = pgt->ia_bits;
+	r->start_level = level;
+	if (pgt->ia_bits < 64 && r->ipa >> pgt->ia_bits)
+		return -ERANGE;
+	table = (kvm_pte_t *)rcu_dereference_raw(pgt->pgd);
+	for (;; level++) {
+		shift = kvm_granule_shift(level);
+		idx = r->ipa >> shift;
+		if (level != pgt->start_level)
+			idx &= BIT(PAGE_SHIFT - 3) - 1;
+		pte = READ_ONCE(table[idx]);
+		r->level = level;
+		if (!(pte & KVM_PTE_VALID))
+			return 0;
+		if (level == DMATTR_S2_LAST) {
+			if (!(pte & BIT(1)))
+				return 0; /* 0b01 at the last level is reserved: no translation */
+			break;
+		}
+		if (!(pte & BIT(1)))
+			break;    /* a block */
+		table = phys_to_virt(kvm_pte_to_phys(pte));
+	}
+	r->desc = pte;
+	r->leaf = BIT(shift);
+	r->flags |= DMATTR_S2_MAPPED;
+	/* KVM's own stage2_has_fwb(): the CPU capability, unless (before 7.0, "KVM: arm64:
+	 * Kill KVM_PGTABLE_S2_NOFWB") the table opted out; from 7.0 every table uses FWB. */
+	if (cpus_have_final_cap(ARM64_HAS_STAGE2_FWB))
+		r->flags |= DMATTR_S2_FWB;
+#if LINUX_VERSION_CODE < KERNEL_VERSION(7, 0, 0)
+	if (pgt->flags & KVM_PGTABLE_S2_NOFWB)
+		r->flags &= ~DMATTR_S2_FWB;
+#endif
+	return 0;
+}
+
+/* DMATTR_IOC_S2READ, read-only.  The fget() reference keeps the VM alive (the VM file's
+ * release is what drops its struct kvm), kvm->mmu_lock (an rwlock on arm64) keeps the
+ * tables from being torn down or rebuilt under the walk, and RCU covers the table pages
+ * that faults running in parallel under the read lock free through RCU. */
+static long s2_read(struct dmattr_s2_read *r)
+{
+	struct file *f;
+	struct kvm *kvm;
+	long ret;
+
+	/* The same information as KVM's stage-2 ptdump, which lockdown closes with debugfs. */
+	if (security_locked_down(LOCKDOWN_DEBUGFS)) {
+		pr_warn("dmattr: kernel lockdown forbids reading KVM's stage-2 tables\n");
+		return -EPERM;
+	}
+	f = fget(r->vm_fd);
+	if (!f)
+		return -EBADF;
+	kvm = kvm_of(f);
+	if (!kvm) {
+		pr_warn("dmattr: fd %d is not a KVM VM fd\n", r->vm_fd);
+		ret = -EINVAL;
+	} else if (is_protected_kvm_enabled()) {
+		pr_warn("dmattr: protected KVM: the host holds no stage-2 table of the VM\n");
+		ret = -ENOENT;
+	} else {
+#ifdef KVM_HAVE_MMU_RWLOCK
+		read_lock(&kvm->mmu_lock);
+#else
+		spin_lock(&kvm->mmu_lock);
+#endif
+		rcu_read_lock();
+		ret = s2_walk(kvm->arch.mmu.pgt, r);
+		rcu_read_unlock();
+#ifdef KVM_HAVE_MMU_RWLOCK
+		read_unlock(&kvm->mmu_lock);
+#else
+		spin_unlock(&kvm->mmu_lock);
+#endif
+	}
+	fput(f);
+	return ret;
+}
+#else
+static long s2_read(struct dmattr_s2_read *r)
+{
+	return -EOPNOTSUPP; /* stage 2 is arm64 KVM's */
+}
+#endif
+
+static long dmattr_s2_ioctl(unsigned long arg)
+{
+	struct dmattr_s2_read r;
+	long ret;
+
+	if (copy_from_user(&r, (void __user *)arg, sizeof(r)))
+		return -EFAULT;
+	r.flags = 0;
+	r.desc = r.leaf = 0;
+	r.level = r.start_level = 0;
+	r.ia_bits = r.pad = 0;
+	ret = s2_read(&r);
+	if (ret)
+		return ret;
+	return copy_to_user((void __user *)arg, &r, sizeof(r)) ? -EFAULT : 0;
+}
+
 static long dmattr_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	struct dmattr_info info;
@@ -344,6 +640,8 @@ static long dmattr_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		info.max_ram = DMATTR_MAX_RAM;
 		return copy_to_user((void __user *)arg, &info, sizeof(info)) ? -EFAULT : 0;
 	}
+	if (cmd == DMATTR_IOC_S2READ)
+		return dmattr_s2_ioctl(arg);
 	if (cmd != DMATTR_IOC_SET)
 		return -ENOTTY;
 	if (copy_from_user(&req, (void __user *)arg, sizeof(req)))
@@ -361,9 +659,22 @@ static void dmattr_vm_close(struct vm_area_struct *vma)
 	atomic_dec(&((struct dmattr_ctx *)vma->vm_private_data)->maps);
 }
 
+/* After the bus notifier zapped the PTEs of /dev/dmattr (all fds share its inode), refill
+ * the mappings of live sources; a removed device's mapping gets SIGBUS. */
+static vm_fault_t dmattr_vm_fault(struct vm_fault *vmf)
+{
+	struct dmattr_ctx *ctx = vmf->vma->vm_private_data;
+
+	if (READ_ONCE(ctx->gone))
+		return VM_FAULT_SIGBUS;
+	return vmf_insert_pfn_prot(vmf->vma, vmf->address, (ctx->phys >> PAGE_SHIFT) + vmf->pgoff,
+				   vmf->vma->vm_page_prot);
+}
+
 static const struct vm_operations_struct dmattr_vm_ops = {
 	.open = dmattr_vm_open,
 	.close = dmattr_vm_close,
+	.fault = dmattr_vm_fault,
 };
 
 /* The memory-type bits of the PTE that maps addr; false when there is none. */
@@ -423,6 +734,19 @@ static int dmattr_mmap(struct file *file, struct vm_area_struct *vma)
 	mutex_lock(&ctx->lock);
 	if (!ctx->set) {
 		pr_warn("dmattr: mmap before DMATTR_IOC_SET\n");
+	} else if (!(vma->vm_flags & VM_MAYSHARE)) {
+		/* MAP_PRIVATE: the first write would copy the page into anonymous RAM mapped with
+		 * this protection.  (VM_MAYSHARE, not VM_SHARED: a MAP_SHARED mapping of a
+		 * read-only fd loses VM_SHARED but can never be written, so never copied.) */
+		pr_warn("dmattr: MAP_PRIVATE refused: a private mapping copies written pages into RAM; use MAP_SHARED\n");
+	} else if (READ_ONCE(ctx->gone)) {
+		pr_warn("dmattr: the source's device %s was removed or taken by another driver; SET it again\n",
+			pci_name(ctx->pdev));
+		ret = -ENODEV;
+	} else if (ctx->pdev && !decodes_memory(ctx->pdev)) {
+		pr_warn("dmattr: %s has memory decoding off (PCI_COMMAND_MEMORY): write 1 to its sysfs enable\n",
+			pci_name(ctx->pdev));
+		ret = -ENODEV;
 	} else if (vma->vm_pgoff || len > ctx->req.size) {
 		/* Never map anything beyond the chosen source. */
 		pr_warn("dmattr: mmap of %lu bytes at page %lu exceeds the %llu-byte source\n", len,
@@ -445,12 +769,20 @@ static int dmattr_mmap(struct file *file, struct vm_area_struct *vma)
 
 static int dmattr_open(struct inode *inode, struct file *file)
 {
-	struct dmattr_ctx *ctx = kzalloc(sizeof(*ctx), GFP_KERNEL);
+	struct dmattr_ctx *ctx;
 
+	/* Any physical range with any attribute: the capability /dev/mem asks for. */
+	if (!capable(CAP_SYS_RAWIO)) {
+		pr_warn("dmattr: open refused: the caller lacks CAP_SYS_RAWIO\n");
+		return -EPERM;
+	}
+	ctx = kzalloc(sizeof(*ctx), GFP_KERNEL);
 	if (!ctx)
 		return -ENOMEM;
 	mutex_init(&ctx->lock);
 	atomic_set(&ctx->maps, 0);
+	INIT_LIST_HEAD(&ctx->node);
+	ctx->mapping = file->f_mapping;
 	file->private_data = ctx;
 	return 0;
 }
@@ -480,6 +812,58 @@ static struct miscdevice dmattr_dev = {
 	.mode = 0600,
 };
 
-module_misc_device(dmattr_dev);
+/* A BAR's device removed, or bound to a driver other than vfio-pci (unless the source
+ * allows claimed devices): zap every mapping of it, so none outlives the assignment. */
+static int dmattr_pci_event(struct notifier_block *nb, unsigned long action, void *data)
+{
+	struct device *dev = data;
+	struct address_space *mapping = NULL;
+	struct dmattr_ctx *ctx;
+	const char *drv;
+
+	if (action != BUS_NOTIFY_DEL_DEVICE && action != BUS_NOTIFY_BOUND_DRIVER)
+		return NOTIFY_DONE;
+	drv = action == BUS_NOTIFY_BOUND_DRIVER && dev->driver ? dev->driver->name : NULL;
+	mutex_lock(&bar_lock);
+	list_for_each_entry(ctx, &bar_ctxs, node) {
+		if (&ctx->pdev->dev != dev || ctx->gone)
+			continue;
+		if (action == BUS_NOTIFY_BOUND_DRIVER && (ctx->allow_claimed || (drv && !strcmp(drv, "vfio-pci"))))
+			continue;
+		WRITE_ONCE(ctx->gone, true);
+		mapping = ctx->mapping;
+		pr_warn("dmattr: %s %s%s: its dmattr mappings are zapped (SIGBUS on access)\n", dev_name(dev),
+			drv ? "bound to " : "removed", drv ? drv : "");
+	}
+	if (mapping)
+		unmap_mapping_range(mapping, 0, 0, 1);
+	mutex_unlock(&bar_lock);
+	return NOTIFY_OK;
+}
+
+static struct notifier_block dmattr_pci_nb = {
+	.notifier_call = dmattr_pci_event,
+};
+
+static int __init dmattr_init(void)
+{
+	int ret = bus_register_notifier(&pci_bus_type, &dmattr_pci_nb);
+
+	if (ret)
+		return ret;
+	ret = misc_register(&dmattr_dev);
+	if (ret)
+		bus_unregister_notifier(&pci_bus_type, &dmattr_pci_nb);
+	return ret;
+}
+
+static void __exit dmattr_exit(void)
+{
+	misc_deregister(&dmattr_dev);
+	bus_unregister_notifier(&pci_bus_type, &dmattr_pci_nb);
+}
+
+module_init(dmattr_init);
+module_exit(dmattr_exit);
 MODULE_DESCRIPTION("dmtbench: map memory with a chosen memory attribute");
 MODULE_LICENSE("GPL");

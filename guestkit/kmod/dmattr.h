@@ -33,7 +33,12 @@ struct dmattr_req {
 	__u32 devfn;
 	__u32 bar;
 	__u64 offset;
+	__u32 flags;       /* DMATTR_ALLOW_CLAIMED */
+	__u32 pad;
 };
+/* Map a BAR although a driver other than vfio-pci owns the device (or holds the range):
+ * the caller vouches that the device is idle or that its memory is scratch. */
+#define DMATTR_ALLOW_CLAIMED 1u
 
 /* DMATTR_IOC_S2READ (arm64 KVM hosts): the leaf stage-2 descriptor that maps `ipa` in the
  * KVM VM behind `vm_fd` (an fd of the caller), read from kvm->arch.mmu.pgt under
@@ -63,7 +68,13 @@ struct dmattr_info {
 	__u64 max_ram;
 };
 
-/* SET fails with EBUSY while a mapping of the fd's current source exists. */
+/* SET fails with EBUSY while a mapping of the fd's current source exists.  A BAR source is
+ * refused with EPERM (lockdown, or a range a driver claimed exclusively), ENXIO (an I/O or
+ * empty BAR), EADDRNOTAVAIL (a BAR with no address assigned), EACCES (a device owned by a
+ * driver other than vfio-pci, or a range such a driver requested, without
+ * DMATTR_ALLOW_CLAIMED), ENODEV (memory decoding off, or
+ * the device was removed), EINVAL (a BAR start that is not page aligned, and every other bad
+ * argument); open needs CAP_SYS_RAWIO (EPERM); mmap needs MAP_SHARED (EINVAL). */
 #define DMATTR_IOC_SET _IOW('D', 1, struct dmattr_req)
 #define DMATTR_IOC_INFO _IOR('D', 3, struct dmattr_info)
 #define DMATTR_IOC_S2READ _IOWR('D', 4, struct dmattr_s2_read)

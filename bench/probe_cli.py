@@ -120,6 +120,8 @@ def main(argv: list[str]) -> int:
         raise UserError(f"unknown probe {bad[0]!r}: use one of {', '.join(known)}")
     selected = [known[n] for n in args.probe] or list(known.values())
     stage2 = stage2_of(args, target)  # the same answer `bench run` records
+    if args.progress:  # before any probe: a probe that stops the machine must not take this with it
+        _say(f"# emulated {str(metadata.emulated()).lower()}")
     rows: dict[str, list[Outcome]] = target.run_probes(attrs, selected, stage2) or {}  # kvm: inside a VM
     for attr in attrs if not rows else []:
         mapping = target.open(attr, PROBE_BYTES)

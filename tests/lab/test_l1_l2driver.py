@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import kvmpolicy, memtypes
 from conftest import run_cli
 from guestkit import frames, launch
 from guestkit.lab import l1_l2driver as l2driver
@@ -32,7 +33,9 @@ def test_progress_lines_give_every_outcome_as_it_happens(tmp_path):
     assert watch.outcomes == final and watch.current is None and not watch.errors
     assert watch.emulated is False
     lines = proc.stderr.splitlines()
-    assert lines[0] == "# probe normal load8" and lines[1].startswith("# outcome ")
+    # Whether the guest is emulated comes first: a probe that kills the VM cannot take it along.
+    assert lines[0] == "# emulated false"
+    assert lines[1] == "# probe normal load8" and lines[2].startswith("# outcome ")
 
 
 def test_watch_knows_the_probe_that_was_running():
@@ -140,6 +143,10 @@ def test_nested_linux_guest_killed_probe_and_the_rest(guest_ready, tmp_path):
     assert got[("device-ngnre", "load8-unaligned")]["result"] == "fault"
     assert got[("device-ngnre", "load8-unaligned")]["code"] == "SIGBUS/BUS_ADRALN"
     assert data["l2_boots"] == 1 and data["l2_emulated"] is True
+    # The L2's stage 2, read through the inner QEMU's VM fd: what the policy predicts.
+    pred = kvmpolicy.predict(data["host_kernel"], "vfio", data["fwb"])
+    assert {o["stage2_read"] for o in data["outcomes"]} == {pred.stage2}
+    assert data["backings"]["vfio"]["stage2_memattr"] == memtypes.get(pred.stage2).fwb
     lab = json.loads(proc.stdout)  # the lab's own verdicts: every outcome as predicted
     assert lab["mismatches"] == [] and lab["hosts"][0]["error"] == ""
 

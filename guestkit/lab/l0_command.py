@@ -56,6 +56,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--results", type=Path, default=Path("results"), help="results root (default ./results)")
     p.add_argument("--timeout", type=float, default=HOST_TIMEOUT, help="seconds per host boot before it is killed")
     p.add_argument("-v", "--verbose", action="store_true", help="show the hosts' consoles")
+    # Each host kernel as its own LAVA job (guestkit.lava.l0_lab): the same outcomes and table.
+    p.add_argument("--lava", action="store_true", help="run each host kernel as a LAVA job with the local dispatcher")
+    p.add_argument("--lava-server", metavar="URL", help="submit the jobs to this LAVA server with lavacli instead")
+    p.add_argument("--lava-url-base", metavar="URL", default="", help="with --lava-server: where the lab's workers "
+                                                                        "download each job's Image and ramdisk.cpio")
+    p.add_argument("--dry-run", action="store_true", help="with --lava-server: write the jobs, submit nothing")
     return p
 
 
@@ -127,6 +133,15 @@ def run_host(kernel: kernels.Kernel, args) -> tuple[table.HostReport, int]:
     return report, code
 
 
+def _host_runner(args):
+    """run_host, or its LAVA twin for --lava / --lava-server."""
+    if args.lava or args.lava_server:
+        from guestkit.lava import l0_lab
+
+        return l0_lab.run_host
+    return run_host
+
+
 def module_files(kernel: kernels.Kernel) -> dict[str, bytes]:
     """dmattr built for this host kernel (cached), or the reason it could not be: then
     only the kmod backings are unavailable and the rest of the lab goes on."""
@@ -175,7 +190,7 @@ def main(argv: list[str]) -> int:
         print(f"lab: host {kernel.version} ({args.guest}{', probes only' if args.probes_only else ''}) ...",
               file=sys.stderr, flush=True)
         t1 = time.monotonic()
-        report, code = run_host(kernel, args)
+        report, code = _host_runner(args)(kernel, args)
         print(f"lab: host {kernel.version}: {len(report.outcomes)} outcomes in {time.monotonic() - t1:.1f} s",
               file=sys.stderr, flush=True)
         reports.append(report)
@@ -185,8 +200,15 @@ def main(argv: list[str]) -> int:
         from guestkit.lab import l0_plot  # matplotlib: only when asked for
 
         print(f"lab: picture in {l0_plot.plot(reports, args.plot)}", file=sys.stderr)
-    code = 124 if 124 in codes else max(codes)
-    return code or (1 if bad else 0)
+    elif args.plot:
+        print(f"lab: no picture in {args.plot}: no host gave a probe result", file=sys.stderr)
+    return exit_code(codes, bad)
+
+
+def exit_code(codes: list[int], mismatches: list[str]) -> int:
+    """124 if a host timed out, else the worst host failure (3), else 1 for any MISMATCH, else 0."""
+    code = 124 if 124 in codes else max(codes, default=0)
+    return code or (1 if mismatches else 0)
 
 
 def print_reports(reports: list[table.HostReport], args, wall: float) -> list[str]:

@@ -136,6 +136,14 @@ def test_mismatch_lines_and_exit_from_the_files_a_host_sent(tmp_path, capsys):
     assert {d["attr"] for d in data["detail"]} == {"normal", "device-ngnre"}
 
 
+def test_exit_code_says_timeout_failure_mismatch_or_agreement():
+    from guestkit.lab import l0_command as lab
+
+    assert lab.exit_code([0, 0, 0], []) == 0
+    assert lab.exit_code([0, 0], ["6.1.0-57-arm64 payload vfio: stage-2 read normal-nc, ..."]) == 1
+    assert lab.exit_code([0, 3], ["x"]) == 3 and lab.exit_code([3, 124], []) == 124
+
+
 def test_plot_needs_a_png_name():
     proc = run_cli("lab", "--plot", "table.svg", module="guestkit")
     assert_one_line_error(proc, 2, "--plot", "FILE.png")

@@ -44,11 +44,21 @@ static int init(struct dmt_args *a)
 	return 0;
 }
 
+#define STEP p = *(void *volatile *)p;
+#define STEP16 STEP STEP STEP STEP STEP STEP STEP STEP STEP STEP STEP STEP STEP STEP STEP STEP
+
+/* 16 loads per loop iteration, as lmbench unrolls: with one load per iteration the loop's
+ * own add/cmp/branch between the loads cost 3-4% per load on an AMD EPYC (Zen 5; issue
+ * 19's measurement in docs/fidelity.md), at 4 KiB and 2 MiB pages alike. */
 static int body(struct dmt_args *a, uint64_t loops)
 {
 	void *p = (void *)(uintptr_t)a->cursor;
-	for (uint64_t l = 0; l < loops; l++)
-		p = *(void *volatile *)p;
+	uint64_t l = 0;
+	for (; l + 16 <= loops; l += 16) {
+		STEP16
+	}
+	for (; l < loops; l++)
+		STEP
 	a->cursor = (uint64_t)(uintptr_t)p; /* continue the cycle on the next call */
 	return 0;
 }

@@ -447,3 +447,32 @@ def test_sweeps_refuse_width_4_and_wc_burst_stays_in_its_burst():
         assert lib.dmt_supported(reg[name].index, ctypes.byref(a)) == -errno.EINVAL, name
     # Word kernels keep their 4-byte access.
     assert lib.dmt_supported(reg["doorbell"].index, ctypes.byref(kernels.Args(buf=0x1000, size=4096, width=4))) == 0
+
+
+def _tables(exe: Path, target: int, ram: int = 0) -> tuple[dict, dict[str, tuple[int, int] | None]]:
+    """x86check tables: the head (target_ipa, tcr) and each named address -> (pa, attr) or None."""
+    out = subprocess.run([str(exe), "tables", str(target), str(ram), str(1 << 20)], capture_output=True, text=True,
+                         timeout=30, check=True).stdout.splitlines()
+    head = dict(kv.split("=") for kv in out[0].split())
+    walks: dict[str, tuple[int, int] | None] = {}
+    for line in out[1:]:
+        name, *fields = line.split()
+        kv = dict(f.split("=") for f in fields if "=" in f)
+        walks[name] = None if "unmapped" in fields else (int(kv["pa"], 16), int(kv["attr"]))
+    return head, walks
+
+
+@needs_x86
+@pytest.mark.parametrize("target,ram", [(4096, 0), (128 * GIB, 3 * GIB)])
+def test_stage1_tables_guard_the_stack_and_map_every_window(x86check, target, ram):
+    head, w = _tables(x86check, target, ram)
+    ipa = int(head["target_ipa"], 16)
+    normal = memtypes.names().index("normal")
+    # Mailbox mapped, the page under it unmapped (a stack overflow faults), the stack mapped.
+    assert w["mailbox"] == (0x400C0000, normal) and w["stack_low"] == (0x400C2000, normal)
+    assert w["guard"] is None and w["guard_end"] is None
+    assert w["ram_end"] is not None and w["exit"] == (0x10000000, 0)
+    for k in range(len(memtypes.ATTRS)):  # every stage-1 attribute onto the same target IPA
+        assert w[f"window{k}"] == (ipa, k) and w[f"window{k}_last"] == (ipa + target - 8, k)
+        assert w[f"window{k}_past"] is None or w[f"window{k}_past"][0] == ipa  # nothing past the window
+    assert (int(head["tcr"], 16) >> 32) & 7 == 2  # IPS: 40 bits, the VM's default IPA size

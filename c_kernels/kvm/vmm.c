@@ -26,9 +26,6 @@
 #include "abi.h"
 #include "vmmcore.h"
 
-#define PAGE 4096ull /* the payload's stage-1 granule */
-#define BLOCK (2ull << 20)
-#define GIB (1ull << 30)
 #define VMM_ABI 3
 /* Linux 6.17 (include/uapi/linux/kvm.h); older headers lack it. */
 #ifndef KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED
@@ -124,111 +121,6 @@ static struct dmtk_mailbox *mailbox(struct dmtk_vm *vm)
 	return (struct dmtk_mailbox *)(vm->ram + (DMTK_MAILBOX_IPA - DMTK_RAM_IPA));
 }
 
-/* --- stage-1 tables (4 KiB granule, 48-bit VA, built in payload RAM) ------------------ */
-
-#define D_VALID 1ull
-#define D_TABLE 3ull /* table (levels 0-2) or page (level 3) */
-#define D_AF (1ull << 10)
-#define D_ISH (3ull << 8)
-#define D_XN ((1ull << 53) | (1ull << 54))
-#define D_ATTR(i) ((uint64_t)(i) << 2)
-#define D_ADDR 0x0000fffffffff000ull
-
-struct tables {
-	uint8_t *ram;   /* host view of payload RAM (IPA DMTK_RAM_IPA) */
-	uint64_t next;  /* IPA of the next free table */
-	uint64_t limit;
-	uint64_t root;
-};
-
-static uint64_t *host_of(struct tables *t, uint64_t ipa)
-{
-	return (uint64_t *)(t->ram + (ipa - DMTK_RAM_IPA));
-}
-
-static uint64_t new_table(struct tables *t)
-{
-	if (t->next + PAGE > t->limit)
-		return 0;
-	uint64_t ipa = t->next;
-	t->next += PAGE;
-	memset(host_of(t, ipa), 0, PAGE); /* invalid entries */
-	return ipa;
-}
-
-/* The table entry for va at `level` (0..3), allocating intermediate tables. */
-static uint64_t *entry(struct tables *t, uint64_t va, int level)
-{
-	uint64_t table = t->root;
-	for (int l = 0;; l++) {
-		uint64_t *e = host_of(t, table) + ((va >> (39 - 9 * l)) & 511);
-		if (l == level)
-			return e;
-		if (!(*e & D_VALID)) {
-			uint64_t next = new_table(t);
-			if (!next)
-				return NULL;
-			*e = next | D_TABLE;
-		}
-		table = *e & D_ADDR;
-	}
-}
-
-/* Map [va, va+size) to [pa, ...) with MAIR index attr: 1 GiB blocks, else 2 MiB blocks
- * where aligned, else 4 KiB pages.  Device and target windows are never executable. */
-static int map(struct tables *t, uint64_t va, uint64_t pa, uint64_t size, int attr, int exec)
-{
-	uint64_t bits = D_AF | D_ISH | D_ATTR(attr) | (exec ? 0 : D_XN);
-	while (size) {
-		int level = 3;
-		if (!(va % GIB) && !(pa % GIB) && size >= GIB)
-			level = 1;
-		else if (!(va % BLOCK) && !(pa % BLOCK) && size >= BLOCK)
-			level = 2;
-		uint64_t *e = entry(t, va, level);
-		if (!e)
-			return -ENOMEM;
-		*e = pa | bits | (level < 3 ? D_VALID : D_TABLE);
-		uint64_t step = level == 1 ? GIB : level == 2 ? BLOCK : PAGE;
-		va += step, pa += step, size -= step;
-	}
-	return 0;
-}
-
-/* TCR_EL1.IPS for an IPA of `bits` (the smallest encoding that covers it). */
-static uint64_t ips_of(uint32_t bits)
-{
-	static const uint32_t sizes[] = {32, 36, 40, 42, 44, 48, 52};
-	uint64_t i = 0;
-	while (i < 6 && sizes[i] < bits)
-		i++;
-	return i;
-}
-
-static int build_tables(struct dmtk_vm *vm, const struct dmtk_config *c, struct dmtk_mailbox *mb)
-{
-	const struct dmtk_layout *l = &vm->lay;
-	struct tables t = {vm->ram, l->tables_ipa, l->tables_ipa + l->tables_bytes, 0};
-	t.root = new_table(&t);
-	uint64_t ram_end = DMTK_RAM_IPA + l->ram_bytes;
-	/* Payload RAM less the guard page: a stack that overflows faults instead of writing
-	 * the mailbox. */
-	int rc = map(&t, DMTK_RAM_IPA, DMTK_RAM_IPA, DMTK_GUARD_IPA - DMTK_RAM_IPA, 6, 1);
-	rc = rc ?: map(&t, DMTK_GUARD_IPA + PAGE, DMTK_GUARD_IPA + PAGE, ram_end - DMTK_GUARD_IPA - PAGE, 6, 1);
-	rc = rc ?: map(&t, DMTK_EXIT_IPA, DMTK_EXIT_IPA, PAGE, 0, 0);
-	uint64_t size = (c->target_size + PAGE - 1) / PAGE * PAGE;
-	for (int k = 0; k < DMTK_ATTRS && !rc; k++)
-		rc = map(&t, DMTK_WINDOW_BASE + k * l->window_stride, l->target_ipa, size, k, 0);
-	mb->ttbr0 = t.root;
-	/* T0SZ=16 (48-bit VA), walks Inner/Outer WB Inner Shareable, 4 KiB granule, no TTBR1
-	 * walks (EPD1), IPS covering the VM's IPA size. */
-	mb->tcr = 16 | (1ull << 8) | (1ull << 10) | (3ull << 12) | (1ull << 23) | (ips_of(l->ipa_bits) << 32);
-	mb->mair = c->mair;
-	mb->window_base = DMTK_WINDOW_BASE;
-	mb->window_stride = l->window_stride;
-	return rc;
-}
-
 /* --- VM lifecycle ---------------------------------------------------------------------- */
 
 void dmtk_close(struct dmtk_vm *vm)
@@ -319,7 +211,7 @@ static int load_payload(struct dmtk_vm *vm, const struct dmtk_config *c, struct 
 	mb->heap = l->heap_ipa, mb->heap_size = c->heap_size;
 	mb->ram = l->ram_buf_ipa, mb->ram_size = c->ram_size;
 	mb->target_size = c->target_size;
-	if (build_tables(vm, c, mb))
+	if (dmtk_build_tables(vm->ram, l, c->target_size, c->mair, mb))
 		return fail(r, "stage-1 tables: pool too small", ENOMEM);
 	return 0;
 }

@@ -82,6 +82,131 @@ int dmtk_layout(uint64_t target_size, uint64_t ram_size, uint64_t heap_size, uin
 	return 0;
 }
 
+/* --- stage-1 tables (4 KiB granule, 48-bit VA, built in payload RAM) ------------------ */
+
+#define PAGE S1_PAGE
+#define D_VALID 1ull
+#define D_TABLE 3ull /* table (levels 0-2) or page (level 3) */
+#define D_AF (1ull << 10)
+#define D_ISH (3ull << 8)
+#define D_XN ((1ull << 53) | (1ull << 54))
+#define D_ATTR(i) ((uint64_t)(i) << 2)
+#define D_ADDR 0x0000fffffffff000ull
+
+struct tables {
+	uint8_t *ram;   /* host view of payload RAM (IPA DMTK_RAM_IPA) */
+	uint64_t next;  /* IPA of the next free table */
+	uint64_t limit;
+	uint64_t root;
+};
+
+static uint64_t *host_of(struct tables *t, uint64_t ipa)
+{
+	return (uint64_t *)(t->ram + (ipa - DMTK_RAM_IPA));
+}
+
+static uint64_t new_table(struct tables *t)
+{
+	if (t->next + PAGE > t->limit)
+		return 0;
+	uint64_t ipa = t->next;
+	t->next += PAGE;
+	memset(host_of(t, ipa), 0, PAGE); /* invalid entries */
+	return ipa;
+}
+
+/* The table entry for va at `level` (0..3), allocating intermediate tables. */
+static uint64_t *entry(struct tables *t, uint64_t va, int level)
+{
+	uint64_t table = t->root;
+	for (int l = 0;; l++) {
+		uint64_t *e = host_of(t, table) + ((va >> (39 - 9 * l)) & 511);
+		if (l == level)
+			return e;
+		if (!(*e & D_VALID)) {
+			uint64_t next = new_table(t);
+			if (!next)
+				return NULL;
+			*e = next | D_TABLE;
+		}
+		table = *e & D_ADDR;
+	}
+}
+
+/* Map [va, va+size) to [pa, ...) with MAIR index attr: 1 GiB blocks, else 2 MiB blocks
+ * where aligned, else 4 KiB pages.  Device and target windows are never executable. */
+static int map(struct tables *t, uint64_t va, uint64_t pa, uint64_t size, int attr, int exec)
+{
+	uint64_t bits = D_AF | D_ISH | D_ATTR(attr) | (exec ? 0 : D_XN);
+	while (size) {
+		int level = 3;
+		if (!(va % GIB) && !(pa % GIB) && size >= GIB)
+			level = 1;
+		else if (!(va % BLOCK) && !(pa % BLOCK) && size >= BLOCK)
+			level = 2;
+		uint64_t *e = entry(t, va, level);
+		if (!e)
+			return -ENOMEM;
+		*e = pa | bits | (level < 3 ? D_VALID : D_TABLE);
+		uint64_t step = level == 1 ? GIB : level == 2 ? BLOCK : PAGE;
+		va += step, pa += step, size -= step;
+	}
+	return 0;
+}
+
+/* TCR_EL1.IPS for an IPA of `bits` (the smallest encoding that covers it). */
+static uint64_t ips_of(uint32_t bits)
+{
+	static const uint32_t sizes[] = {32, 36, 40, 42, 44, 48, 52};
+	uint64_t i = 0;
+	while (i < 6 && sizes[i] < bits)
+		i++;
+	return i;
+}
+
+int dmtk_build_tables(uint8_t *ram, const struct dmtk_layout *l, uint64_t target_size, uint64_t mair,
+		      struct dmtk_mailbox *mb)
+{
+	struct tables t = {ram, l->tables_ipa, l->tables_ipa + l->tables_bytes, 0};
+	t.root = new_table(&t);
+	uint64_t ram_end = DMTK_RAM_IPA + l->ram_bytes;
+	/* Payload RAM less the guard page: a stack that overflows faults instead of writing
+	 * the mailbox. */
+	int rc = map(&t, DMTK_RAM_IPA, DMTK_RAM_IPA, DMTK_GUARD_IPA - DMTK_RAM_IPA, 6, 1);
+	rc = rc ?: map(&t, DMTK_GUARD_IPA + PAGE, DMTK_GUARD_IPA + PAGE, ram_end - DMTK_GUARD_IPA - PAGE, 6, 1);
+	rc = rc ?: map(&t, DMTK_EXIT_IPA, DMTK_EXIT_IPA, PAGE, 0, 0);
+	uint64_t size = (target_size + PAGE - 1) / PAGE * PAGE;
+	for (int k = 0; k < DMTK_ATTRS && !rc; k++)
+		rc = map(&t, DMTK_WINDOW_BASE + k * l->window_stride, l->target_ipa, size, k, 0);
+	mb->ttbr0 = t.root;
+	/* T0SZ=16 (48-bit VA), walks Inner/Outer WB Inner Shareable, 4 KiB granule, no TTBR1
+	 * walks (EPD1), IPS covering the VM's IPA size. */
+	mb->tcr = 16 | (1ull << 8) | (1ull << 10) | (3ull << 12) | (1ull << 23) | (ips_of(l->ipa_bits) << 32);
+	mb->mair = mair;
+	mb->window_base = DMTK_WINDOW_BASE;
+	mb->window_stride = l->window_stride;
+	return rc;
+}
+
+int dmtk_s1_walk(const uint8_t *ram, uint64_t ttbr0, uint64_t va, uint64_t *pa, uint32_t *attr)
+{
+	uint64_t table = ttbr0;
+	for (int l = 0; l < 4; l++) {
+		uint64_t e = ((const uint64_t *)(ram + (table - DMTK_RAM_IPA)))[(va >> (39 - 9 * l)) & 511];
+		if (!(e & D_VALID))
+			return -ENOENT;
+		int leaf = l == 3 || (e & 2) == 0; /* a block at levels 1-2, a page at level 3 */
+		if (leaf) {
+			uint64_t span = 1ull << (39 - 9 * l);
+			*pa = (e & D_ADDR & ~(span - 1)) | (va & (span - 1));
+			*attr = (uint32_t)((e >> 2) & 7);
+			return 0;
+		}
+		table = e & D_ADDR;
+	}
+	return -ENOENT;
+}
+
 /* --- the run loop ------------------------------------------------------------------------ */
 
 /* The entry whose deadline the timer signal ends (this thread's, while it is armed).

@@ -28,6 +28,17 @@ struct dmtk_layout {
 int dmtk_layout(uint64_t target_size, uint64_t ram_size, uint64_t heap_size, uint64_t page,
 		uint32_t max_ipa_bits, struct dmtk_layout *l, const char **why);
 
+struct dmtk_mailbox;
+
+/* Build the payload's stage-1 tables in its RAM (host view `ram`, IPA DMTK_RAM_IPA) for
+ * layout l: RAM identity-mapped Normal WB less the guard page, the exit page Device, and
+ * each attribute's window onto the target IPA; fills mb's ttbr0, tcr, mair and windows.
+ * 0, or -ENOMEM when the table pool is too small. */
+int dmtk_build_tables(uint8_t *ram, const struct dmtk_layout *l, uint64_t target_size, uint64_t mair,
+		      struct dmtk_mailbox *mb);
+/* Walk those tables as the payload's MMU would: 0 with *pa and the MAIR index, or -ENOENT. */
+int dmtk_s1_walk(const uint8_t *ram, uint64_t ttbr0, uint64_t va, uint64_t *pa, uint32_t *attr);
+
 /* How one dmtk_enter ended (negative: -errno of a KVM_RUN that failed otherwise). */
 #define DMTK_ENTER_EXIT 0     /* KVM_RUN returned 0: an exit in run->exit_reason */
 #define DMTK_ENTER_DEADLINE 1 /* the timeout passed with the vCPU still in the guest */

@@ -11,7 +11,9 @@
  *                         and still the deadline ends it
  * Prints one line: result=exit|deadline|-ERRNO exit_reason=N entries=N retried=N elapsed_ms=N
  *   x86check layout TARGET RAM HEAP PAGE MAXBITS   dmtk_layout() for those sizes (no KVM used):
- * rc=N target_ipa=0x.. ram_end=0x.. ipa_bits=N vm_type=N stride=0x.. why=... */
+ * rc=N target_ipa=0x.. ram_end=0x.. ipa_bits=N vm_type=N stride=0x.. why=...
+ *   x86check tables TARGET RAM HEAP   the stage-1 tables vmm.c builds for that layout, walked as
+ * the payload's MMU would: one line per address, "NAME va=0x.. pa=0x..|unmapped attr=N" */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -25,6 +27,7 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
+#include "abi.h"
 #include "vmmcore.h"
 
 #define FLAG 0x100 /* the byte the "retry" guest polls */
@@ -135,11 +138,62 @@ static int layout(char **argv)
 	return 0;
 }
 
+static void walk(const char *name, const uint8_t *ram, uint64_t ttbr0, uint64_t va)
+{
+	uint64_t pa;
+	uint32_t attr;
+	if (dmtk_s1_walk(ram, ttbr0, va, &pa, &attr))
+		printf("%s va=%#llx unmapped\n", name, (unsigned long long)va);
+	else
+		printf("%s va=%#llx pa=%#llx attr=%u\n", name, (unsigned long long)va, (unsigned long long)pa, attr);
+}
+
+static int tables(char **argv)
+{
+	uint64_t target = strtoull(argv[0], NULL, 0);
+	struct dmtk_layout l;
+	const char *why;
+	if (dmtk_layout(target, strtoull(argv[1], NULL, 0), strtoull(argv[2], NULL, 0), 4096, 48, &l, &why)) {
+		printf("error: %s\n", why);
+		return 2;
+	}
+	uint8_t *ram = mmap(NULL, l.ram_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (ram == MAP_FAILED)
+		die("mmap payload RAM");
+	struct dmtk_mailbox *mb = (struct dmtk_mailbox *)(ram + (DMTK_MAILBOX_IPA - DMTK_RAM_IPA));
+	if (dmtk_build_tables(ram, &l, target, 0, mb)) {
+		printf("error: stage-1 table pool too small\n");
+		return 2;
+	}
+	printf("target_ipa=%#llx tcr=%#llx\n", (unsigned long long)l.target_ipa, (unsigned long long)mb->tcr);
+	walk("image", ram, mb->ttbr0, DMTK_RAM_IPA);
+	walk("mailbox", ram, mb->ttbr0, DMTK_MAILBOX_IPA);
+	walk("guard", ram, mb->ttbr0, DMTK_GUARD_IPA);
+	walk("guard_end", ram, mb->ttbr0, DMTK_GUARD_IPA + 4095);
+	walk("stack_low", ram, mb->ttbr0, DMTK_GUARD_IPA + 4096);
+	walk("stack_top", ram, mb->ttbr0, DMTK_STACK_TOP - 8);
+	walk("ram_end", ram, mb->ttbr0, DMTK_RAM_IPA + l.ram_bytes - 8);
+	walk("exit", ram, mb->ttbr0, DMTK_EXIT_IPA);
+	for (int k = 0; k < DMTK_ATTRS; k++) {
+		char name[32];
+		uint64_t w = mb->window_base + k * mb->window_stride;
+		snprintf(name, sizeof(name), "window%d", k);
+		walk(name, ram, mb->ttbr0, w);
+		snprintf(name, sizeof(name), "window%d_last", k);
+		walk(name, ram, mb->ttbr0, w + target - 8);
+		snprintf(name, sizeof(name), "window%d_past", k);
+		walk(name, ram, mb->ttbr0, w + target);
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "";
 	if (!strcmp(mode, "layout") && argc == 7)
 		return layout(argv + 2);
+	if (!strcmp(mode, "tables") && argc == 5)
+		return tables(argv + 2);
 	int retry = !strcmp(mode, "retry"), late = !strcmp(mode, "late-entry"), sigs = !strcmp(mode, "signals");
 	if (!retry && !late && !sigs) {
 		printf("error: usage: x86check late-entry|retry|signals\n");

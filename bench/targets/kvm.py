@@ -377,7 +377,7 @@ class KvmTarget(Target):
                     else:
                         vm.close()
                         vm = None
-                        if not _read_ok(read):
+                        if not _read_ok(read) and not final:  # a final reason (no module...) stays
                             read = unavailable(GONE.get(answer.status, GONE["error"]))
                     result, code = _probe_result(answer)
                     rows[attr].append(Outcome(attr, p.name, result, code, expected_outcome(p, attr, s2)))
@@ -391,7 +391,7 @@ class KvmTarget(Target):
         return rows
 
     def _probe_vm_or_why(self, backing: Backing) -> tuple[Vm | None, tuple[str, str] | str]:
-        """A fresh VM for the probes, or ('', (result, code)) when it cannot be had."""
+        """(a fresh VM for the probes, ''), or (None, (result, code)) when it cannot be had."""
         try:
             return self._vm(backing), ""
         except MemslotRefused as exc:

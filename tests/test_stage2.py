@@ -142,6 +142,20 @@ for backing in ("ram", "sysfs", "vfio", "kmod-normal", "kmod-normal-nc", "kmod-d
 kvm = os.open("/dev/kvm", os.O_RDWR)
 out["not-a-vm"] = stage2.read(kvm, 0).read
 out["bad-fd"] = stage2.read(999, 0).read
+# Last: raise the kernel lockdown (it cannot be lowered again) and ask both ioctls.
+os.system("mount -t securityfs securityfs /sys/kernel/security 2>/dev/null")
+open("/sys/kernel/security/lockdown", "w").write("integrity")
+out["lockdown"] = {"level": open("/sys/kernel/security/lockdown").read().strip()}
+mapping = open_target("kvm:ram").open("normal", 64 << 10)
+with Vm(mapping.ptr, mapping.size, MAIR) as vm:
+    vm.call(OP_PREFAULT, 0, 6, loops=0, offset=0, length=4096)
+    out["lockdown"]["s2"] = stage2.read(vm.fd, vm.where.target_ipa).read
+mapping.close()
+try:
+    open_target(f"kmod:pci:{BAR}").open("device-ngnre", 4096)
+    out["lockdown"]["bar"] = "ok"
+except Exception as exc:
+    out["lockdown"]["bar"] = str(exc)
 json.dump(out, sys.stdout)
 """
 
@@ -187,4 +201,11 @@ def test_descriptor_read_in_emulated_kvm_host_matches_the_kvm_policy(host):
     assert got["cases"]["ram"]["read"]["memattr"] == (6 if fwb else 0b1111)
     assert got["not-a-vm"] == "unavailable: " + stage2.REASONS[errno.EINVAL]
     assert got["bad-fd"] == "unavailable: " + stage2.REASONS[errno.EBADF]
-    assert "dmattr: fd 3 is not a KVM VM fd" in dmesg or "is not a KVM VM fd" in dmesg
+    assert "is not a KVM VM fd" in dmesg
+    # Lockdown (raised at run time to integrity): both the read and a BAR mapping refused.
+    lock = got["lockdown"]
+    assert "[integrity]" in lock["level"]
+    assert lock["s2"] == "unavailable: " + stage2.REASONS[errno.EPERM]
+    assert lock["bar"].startswith("dmattr refused device-ngnre on kmod:pci:0000:00:01.0/2: the kernel forbids")
+    assert "dmattr: kernel lockdown forbids reading KVM's stage-2 tables" in dmesg
+    assert "dmattr: kernel lockdown forbids userspace mappings of PCI BARs" in dmesg

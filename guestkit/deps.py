@@ -25,7 +25,11 @@ MIN_QEMU = (9, 0)
 # bookworm's lava-dispatcher depends on libguestfs, which pulls bookworm's qemu-system-x86
 # 7.2; that conflicts with the backports QEMU 10 unless the same apt command names the
 # backports qemu-system-x86 too.
-LAVA_PKGS = ("lava-dispatcher",)
+# tftpd-hpa and telnet: a worker's tftp directory (/etc/default/tftpd-hpa) and the serial
+# console command (telnet to ser2net, as labs do), which lava-run checks to
+# validate a server job (kind c: grub over tftp).
+LAVA_PKGS = ("lava-dispatcher", "tftpd-hpa", "telnet")
+TFTPD_CONFIG = Path("/etc/default/tftpd-hpa")
 LAVA_QEMU_PKG = "qemu-system-x86"
 TUXRUN = "tuxrun==1.11.0"  # the version checked with --runtime null (it brings tuxlava)
 
@@ -109,7 +113,7 @@ def ensure_lava() -> list[str]:
     """Install LAVA's dispatcher (apt) and TuxRun (pip, into this Python) when missing;
     returns what was done."""
     done = []
-    if not shutil.which("lava-run"):
+    if not shutil.which("lava-run") or not TFTPD_CONFIG.exists() or not shutil.which("telnet"):
         suite = apt.ensure_backports()  # derived from the configured mirror: no host name of ours
         apt.update()
         apt.install([*LAVA_PKGS, f"{LAVA_QEMU_PKG}/{suite}"])

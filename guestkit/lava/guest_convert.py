@@ -24,9 +24,11 @@ Usage in the guest: python3 -m guestkit.lava.guest_convert {ktap,pyperf,send} FI
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -133,15 +135,24 @@ def pyperf_cases(suite: dict, prefix: str = "") -> list[Case]:
     return cases
 
 
+def batch_script(tool: str, cases: list[Case]) -> str:
+    """One shell script that runs LAVA's lava-test-case once per case, each in a subshell
+    of one shell: the same script with the same arguments, without a fork and exec of a
+    new shell per case (under TCG that cost 31 ms a case, 27 s for the lab's 882 probes)."""
+    lines = [f"( set -- {shlex.join(case.argv()[1:])}; . {shlex.quote(tool)} )" for case in cases]
+    return "\n".join(lines) + "\n"
+
+
 def report(cases: list[Case]) -> int:
     """Call lava-test-case for every case; without it (not in a LAVA test shell) print
     the calls instead, so the same step runs by hand."""
     tool = shutil.which(LAVA_TEST_CASE)
-    for case in cases:
-        if tool:
-            subprocess.run(case.argv(), check=False)
-        else:
+    if not tool:
+        for case in cases:
             print(" ".join(case.argv()))
+    elif cases:
+        sys.stdout.flush()
+        subprocess.run(["sh"], input=batch_script(tool, cases), text=True, check=False)
     return 0 if cases else 1
 
 
@@ -162,7 +173,10 @@ def send(paths: list[Path]) -> int:
             if path.name.startswith("."):
                 continue  # a run's partial file: its final arrives instead
             rel = path.relative_to(root).as_posix() if root.is_dir() else path.name
-            sender.send("file", rel, path.read_bytes())
+            data = path.read_bytes()
+            sender.send("file", rel, data)
+            # In plain text too, so what came home can be checked against the guest's file.
+            print(f"dmtbench: sent {rel} {len(data)} bytes sha256 {hashlib.sha256(data).hexdigest()}", flush=True)
             count += 1
     sys.stdout.flush()
     print(f"dmtbench: sent {count} file(s)")
@@ -191,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             try:
                 cases += pyperf_cases(json.loads(path.read_text()), prefix)
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 print(f"error: {path}: not a pyperf suite ({exc})", file=sys.stderr)
                 return 2
     return report(cases)

@@ -52,6 +52,14 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     out = args.out or (args.job if args.job.is_dir() else args.job.parent)
+    job, device = l0_run.job_files(args.job)
+    if args.validate:
+        l0_run.validate(job, device, out)
+        print(f"lava run: {job} is valid for the dispatcher", file=sys.stderr)
+        return 0
+    if "device_type: arm64-server" in job.read_text():
+        raise UserError(f"{job} is a server job (kind c): it runs in a LAVA lab (lavacli jobs submit); "
+                        "here only --validate")
     res = l0_run.run(args.job, out, args.results, tuxrun=args.tuxrun, verbose=args.verbose)
     got = res.collected
     for path in got.written if got else ():
@@ -79,6 +87,7 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a job of kind emulated or kvmhost with the local dispatcher")
     run.add_argument("job", type=Path, help="the job directory (or its job.yaml)")
     run.add_argument("--tuxrun", action="store_true", help="through TuxRun (--runtime null) instead of lava-run")
+    run.add_argument("--validate", action="store_true", help="only lava-run --validate the job (any kind)")
     run.add_argument("--out", type=Path, default=None, help="where the log goes (default: the job directory)")
     run.add_argument("-r", "--results", type=Path, default=Path("results"), help="results root (default ./results)")
     run.add_argument("-v", "--verbose", action="store_true", help="show the job's log as it runs")

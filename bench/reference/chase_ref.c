@@ -7,7 +7,8 @@
  * both time the steady state of the cycle rather than what initialisation left in the
  * caches (this chain is written in visit order, read-lat's in address order).
  * It used drand48 until 2026-11: a strong generator changed nothing beyond noise.
- *   usage: chase_ref SIZE_BYTES STRIDE SECONDS   -> prints ns per load */
+ *   usage: chase_ref SIZE_BYTES STRIDE SECONDS   -> prints ns per load
+ *          chase_ref SIZE_BYTES STRIDE -   -> per line of seconds on stdin: ns per load, wall and CPU time */
 #define _GNU_SOURCE
 #include <stdint.h>
 #include <stdio.h>
@@ -34,12 +35,19 @@ static double now(void)
 	return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+static double cpu_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 4)
 		return 2;
 	size_t size = strtoull(argv[1], 0, 0), stride = strtoull(argv[2], 0, 0), n = size / stride;
-	double secs = atof(argv[3]);
+	double secs = strcmp(argv[3], "-") ? atof(argv[3]) : 0;
 	char *mem = malloc(size);
 	size_t *order = malloc(n * sizeof(*order));
 	if (!mem || !order)
@@ -61,9 +69,29 @@ int main(int argc, char **argv)
 		*(char **)(mem + order[i] * stride) = mem + order[(i + 1) % n] * stride;
 	free(order);
 	char **p = (char **)mem;
-	uint64_t loads = 0;
 	for (size_t w = 0; w < n / 100 + 1; w++) { HUNDRED(STEP) } /* one full cycle: steady state */
-	double t0 = now(), t;
+	double t0, t, want;
+	if (strcmp(argv[3], "-") == 0) {
+		/* Serve timings: one line of seconds in, one line of ns per load out, the chain
+		 * built once and walked on where the last slice stopped, so that selfcheck can
+		 * alternate short slices with read-lat's (a loaded machine then hits both). */
+		while (scanf("%lf", &want) == 1) {
+			uint64_t loads = 0;
+			double c0 = cpu_now();
+			t0 = now();
+			do {
+				for (int r = 0; r < 1000; r++) { HUNDRED(STEP) }
+				loads += 100000;
+			} while ((t = now()) - t0 < want);
+			/* Also this thread's CPU time: on a shared machine it leaves out the time the
+			 * chase was not running at all (preempted), though not cache contention. */
+			printf("%.4f %.4f\n", (t - t0) * 1e9 / loads, (cpu_now() - c0) * 1e9 / loads);
+			fflush(stdout);
+		}
+		return p == NULL;
+	}
+	uint64_t loads = 0;
+	t0 = now();
 	do {
 		for (int r = 0; r < 1000; r++) { HUNDRED(STEP) }
 		loads += 100000;

@@ -163,7 +163,8 @@ def read_report(version: str, guest: str, files: list[Path], error: str) -> tabl
     medians = {}
     for path in files:
         backing = next((b for b in kvmpolicy.BACKINGS if path.stem.endswith(f"-{guest}-{b}")), None)
-        if backing and not path.name.endswith("-probes.json"):
+        fast = path.stem.removesuffix("-partial").endswith(f"-{guest}-fast")  # every backing, interleaved
+        if (backing or fast) and not path.name.endswith("-probes.json"):
             medians.update(table.medians_of(pyperf.BenchmarkSuite.load(str(path)).get_benchmarks(), backing))
     why = error or _host_problem(data)
     return table.HostReport(data["host_kernel"], guest, data.get("fwb"), tuple(data["outcomes"]), medians, why,

@@ -202,8 +202,10 @@ def write(spec: JobSpec, out: Path) -> WrittenJob:
     shutil.copyfile(kernel.image if kernel else find_parts(arch).kernel, kernel_path)
     ramdisk_path.write_bytes(build_ramdisk(spec, kernel, machine))
     base = spec.url_base.rstrip("/")
-    urls = (f"{base}/Image", f"{base}/ramdisk.cpio") if base else (kernel_path.resolve().as_uri(),
-                                                                       ramdisk_path.resolve().as_uri())
+    # file:// URLs as LAVA reads them: the path verbatim (it does not unquote, so no %2B
+    # for the `+` of 6.12.117+deb12, which Path.as_uri() would write).
+    urls = (f"{base}/Image", f"{base}/ramdisk.cpio") if base else (f"file://{kernel_path.resolve()}",
+                                                                       f"file://{ramdisk_path.resolve()}")
     ctx = context(spec, f"/dev/shm/dmtbench-ivshmem-{int(time.time())}") if spec.kind != "server" else None
     name = f"dmtbench {spec.kind} {version}"
     job_path, device_path = out / "job.yaml", out / "device.yaml"

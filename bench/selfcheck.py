@@ -130,9 +130,10 @@ def chase_ns(size: int, min_time: float) -> float:
 CHASE_FINDING = (
     "chase finding (issue 19, AMD EPYC Zen 5, 1 GiB, interleaved slices in one process): read-lat's "
     "one-load-per-iteration loop cost 3-4% per load against lmbench's unrolled chase on the same chain "
-    "(4 KiB and 2 MiB pages alike), and a chain linked in visit order into lazily faulted memory ran 1-1.5% "
-    "faster than on a prefaulted buffer; read-lat now unrolls 16 loads and the reference prefaults in "
-    "address order. Issue 11 had ruled out the shuffle (drand48 vs splitmix64) and the clock.")
+    "(4 KiB and 2 MiB pages alike, 4 A/B runs); a chain linked in visit order into lazily faulted memory "
+    "(the reference's malloc) ran 0-7% faster than on a prefaulted buffer, not resolved on the loaded VM. "
+    "read-lat now unrolls 16 loads and the reference prefaults in address order like the ram target. "
+    "Issue 11 had ruled out the shuffle (drand48 vs splitmix64) and the clock.")
 GOAL_BW = 0.98     # ours / likwid-bench, at least
 GOAL_CHASE = 0.03  # |ours / reference - 1|, at most
 CHASE_SLICE = 0.3  # seconds per chase slice

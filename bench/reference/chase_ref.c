@@ -54,8 +54,8 @@ int main(int argc, char **argv)
 		return 1;
 	/* Fault the buffer in address order first, as the `ram` target prefaults read-lat's:
 	 * left to the linking loop below, pages would be faulted (and their frames handed
-	 * out) in visit order, which made this chase 1-1.5% faster than the same chain on a
-	 * prefaulted buffer (AMD EPYC, 1 GiB, 4 KiB pages; docs/fidelity.md). */
+	 * out) in visit order, which ran 0-7% faster than the same chain on a prefaulted
+	 * buffer in A/B runs on a loaded AMD EPYC VM (docs/fidelity.md): one confound less. */
 	memset(mem, 0, size);
 	uint64_t seed = 12345;
 	for (size_t i = 0; i < n; i++)

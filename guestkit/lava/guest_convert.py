@@ -74,10 +74,13 @@ def unit_name(unit: str) -> str:
     return UNIT_NAMES.get(unit, sanitise(unit))
 
 
-def ktap_cases(text: str, prefix: str = "") -> list[Case]:
-    """The test lines of a KTAP document (nested subtests included, by their own names)."""
+def ktap_cases(text: str, prefix: str = "", top_level: bool = False) -> list[Case]:
+    """The test lines of a KTAP document: every level (nested subtests by their own names),
+    or with top_level only the unindented ones (one case per subtest group)."""
     cases = []
     for line in text.splitlines():
+        if top_level and line[:1].isspace():
+            continue
         m = _KTAP.match(line)
         if not m:
             continue
@@ -190,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("kind", choices=["ktap", "pyperf", "send"])
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--prefix", default="", help="put before every case name (e.g. the backing: vfio.)")
+    p.add_argument("--cases", choices=["probe", "attr"], default="probe",
+                   help="ktap: a case per test line (probe), or only the top-level tests (attr: one per subtest "
+                        "group, i.e. per stage-1 attribute)")
     p.add_argument("--prefix-stem", action="store_true", help="put each file's stem before its cases' names "
                                                                "(vfio.ktap -> vfio.normal.load8)")
     args = p.parse_args(argv)
@@ -203,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.files:
         prefix = args.prefix + (f"{path.stem}." if args.prefix_stem else "")
         if args.kind == "ktap":
-            cases += ktap_cases(path.read_text(), prefix)
+            cases += ktap_cases(path.read_text(), prefix, args.cases == "attr")
         else:
             try:
                 cases += pyperf_cases(json.loads(path.read_text()), prefix)

@@ -86,10 +86,11 @@ def yaml_dump(data: dict) -> str:
     return yaml.safe_dump(data, sort_keys=False, width=1000)
 
 
-def default_tests(kind: str, bdf: str, probes: list[str], fast: bool) -> tuple[Test, ...]:
+def default_tests(kind: str, bdf: str, probes: list[str], fast: bool, cases: str = "probe") -> tuple[Test, ...]:
     """The kind's usual tests: (b) and (c) the kvm target's probes on every backing; (a) the
-    probes on ram and the ivshmem BAR; with fast, a `bench run --fast` too."""
-    probe_params = {"PROBES": " ".join(probes), "ATTRIBUTES": "", "LABEL": "lava"}
+    probes on ram and the ivshmem BAR; with fast, a `bench run --fast` too.  cases: LAVA
+    cases per probe, or per stage-1 attribute (lava/dmtbench-probe.yaml's CASES)."""
+    probe_params = {"PROBES": " ".join(probes), "ATTRIBUTES": "", "LABEL": "lava", "CASES": cases}
     if kind == "emulated":
         targets = f"ram pci:{bdf}/2"
         tests = [Test("probe", {"TARGET": targets, **probe_params})]

@@ -60,14 +60,29 @@ def probe_target(target: str, attrs: list[str], probes: list[str]) -> dict:
 
 
 def ktap_of(target: str, data: dict) -> str:
-    """The KTAP `bench probe --ktap` prints, from the JSON outcomes (no second probe run)."""
+    """The KTAP `bench probe --ktap` prints, from the JSON outcomes (no second probe run),
+    nested by stage-1 attribute: one subtest per attribute holding its probes, the way
+    kselftest nests a suite's cases.  `guest_convert ktap` reports every line, or with
+    --top-level one case per attribute (the lab's cell: a KVM host's 882 probes as 42 cases)."""
     from bench.probe_cli import ktap
 
     if "error" in data:
         return f"KTAP version 1\n1..1\nnot ok 1 {target} # {data['error']}\n"
     outcomes = [Outcome(o["attr"], o["probe"], o["result"], o.get("code", ""), o.get("expected", ""))
                 for o in data.get("outcomes", [])]
-    return ktap(target, outcomes, bool(data.get("emulated"))) + "\n"
+    attrs = list(dict.fromkeys(o.attr for o in outcomes))
+    lines = ["KTAP version 1", f"# dmtbench probe on {target}", f"1..{len(attrs)}"]
+    for n, attr in enumerate(attrs, 1):
+        sub = ktap(target, [o for o in outcomes if o.attr == attr], bool(data.get("emulated"))).splitlines()
+        tests = [line for line in sub if line.startswith(("ok ", "not ok "))]
+        lines += [f"    # Subtest: {attr}", *(f"    {line}" for line in sub)]
+        if any(line.startswith("not ok") for line in tests):
+            lines.append(f"not ok {n} {attr}")
+        elif tests and all("# SKIP" in line for line in tests):
+            lines.append(f"ok {n} {attr} # SKIP every probe skipped")
+        else:
+            lines.append(f"ok {n} {attr}")
+    return "\n".join(lines) + "\n"
 
 
 def probe(targets: list[str], attrs: list[str], probes: list[str], label: str, results: Path,

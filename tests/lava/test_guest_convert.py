@@ -150,3 +150,21 @@ def test_with_lavas_own_lava_test_case(tmp_path):
         assert fields["TEST_CASE_ID"] == case.name and fields["RESULT"] == "pass"
         assert fields["UNITS"] == case.units and float(fields["MEASUREMENT"]) == pytest.approx(case.measurement, rel=1e-5)
         assert (tmp_path / "lava-results" / "results" / case.name / "result").read_text().strip() == "pass"
+
+
+def test_nested_ktap_per_attribute():
+    """l1_steps' KTAP nests each attribute's probes; --cases attr keeps one case per attribute."""
+    from guestkit.lava import l1_steps
+
+    data = l1_steps.probe_target("ram", [], [])
+    text = l1_steps.ktap_of("ram", data)
+    attrs = list(dict.fromkeys(o["attr"] for o in data["outcomes"]))
+    top = gc.ktap_cases(text, "ram.", top_level=True)
+    assert [c.name for c in top] == [f"ram.{a}" for a in attrs]
+    every = gc.ktap_cases(text, "ram.")
+    assert len(every) == len(data["outcomes"]) + len(attrs)
+    for attr_case in top:
+        probes = [c for c in every if c.name.startswith(attr_case.name + ".")]
+        want = "fail" if any(c.result == "fail" for c in probes) else (
+            "skip" if all(c.result == "skip" for c in probes) else "pass")
+        assert attr_case.result == want

@@ -44,7 +44,9 @@
  * bound to another driver without DMATTR_ALLOW_CLAIMED) a PCI bus notifier zaps every PTE
  * of /dev/dmattr (unmap_mapping_range on the device inode's mapping: all fds share it);
  * the fault handler then refills the mappings of live sources and gives SIGBUS on the
- * removed one, so nothing keeps a physical range that may be reassigned.  A reset is not
+ * removed one (zap_sem orders the two), so nothing keeps a physical range that may be
+ * reassigned.  Left open: an mmap of the removed device's source that the kernel links
+ * after the notifier ran (its PTEs come from this module's mmap, before the VMA is linked).  A reset is not
  * seen by a module that does not drive the device; it keeps the BAR's address.
  *
  * DMATTR_IOC_S2READ (arm64): the leaf stage-2 descriptor of a KVM VM's IPA, see s2_read().
@@ -64,6 +66,7 @@
 #include <linux/list.h>
 #include <linux/pci.h>
 #include <linux/rcupdate.h>
+#include <linux/rwsem.h>
 #include <linux/security.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
@@ -130,6 +133,9 @@ struct dmattr_ctx {
 /* The contexts with a BAR source, for the bus notifier (bar_lock nests outside no lock). */
 static LIST_HEAD(bar_ctxs);
 static DEFINE_MUTEX(bar_lock);
+/* Faults hold it for reading while they insert a PTE; the notifier for writing while it
+ * marks sources gone and zaps, so no fault inserts a PTE of a removed device after the zap. */
+static DECLARE_RWSEM(zap_sem);
 
 #ifdef CONFIG_X86
 /* The page protection for an attribute on `source`, or false where x86 has no such type. */
@@ -664,11 +670,14 @@ static void dmattr_vm_close(struct vm_area_struct *vma)
 static vm_fault_t dmattr_vm_fault(struct vm_fault *vmf)
 {
 	struct dmattr_ctx *ctx = vmf->vma->vm_private_data;
+	vm_fault_t ret = VM_FAULT_SIGBUS;
 
-	if (READ_ONCE(ctx->gone))
-		return VM_FAULT_SIGBUS;
-	return vmf_insert_pfn_prot(vmf->vma, vmf->address, (ctx->phys >> PAGE_SHIFT) + vmf->pgoff,
-				   vmf->vma->vm_page_prot);
+	down_read(&zap_sem);
+	if (!READ_ONCE(ctx->gone))
+		ret = vmf_insert_pfn_prot(vmf->vma, vmf->address, (ctx->phys >> PAGE_SHIFT) + vmf->pgoff,
+					  vmf->vma->vm_page_prot);
+	up_read(&zap_sem);
+	return ret;
 }
 
 static const struct vm_operations_struct dmattr_vm_ops = {
@@ -825,6 +834,7 @@ static int dmattr_pci_event(struct notifier_block *nb, unsigned long action, voi
 		return NOTIFY_DONE;
 	drv = action == BUS_NOTIFY_BOUND_DRIVER && dev->driver ? dev->driver->name : NULL;
 	mutex_lock(&bar_lock);
+	down_write(&zap_sem);
 	list_for_each_entry(ctx, &bar_ctxs, node) {
 		if (&ctx->pdev->dev != dev || ctx->gone)
 			continue;
@@ -837,6 +847,7 @@ static int dmattr_pci_event(struct notifier_block *nb, unsigned long action, voi
 	}
 	if (mapping)
 		unmap_mapping_range(mapping, 0, 0, 1);
+	up_write(&zap_sem);
 	mutex_unlock(&bar_lock);
 	return NOTIFY_OK;
 }

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import io
 import shlex
+import shutil
 import stat
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ PROMPT = "dmtbench-lava# "
 START = "dmtbench-lava: /init on Linux"
 PYTHONPATH = "/dmtbench:/dmtbench/site:/usr/lib/python3/dist-packages"
 SETUP = "dmtbench/lava-setup.sh"
+LAYOUT = 1  # bump when base_prefix() changes what it keeps of the base
 INIT = """#!/bin/busybox sh
 # dmtbench's /init for LAVA (guestkit.lava.l0_image): a root shell on the console.
 /bin/busybox mkdir -p /proc /sys /dev /tmp /run /root
@@ -102,22 +105,50 @@ def setup_script(setup: list[list[str]]) -> str:
     return "".join(f"{shlex.join(cmd)}\n" for cmd in setup) or "true\n"
 
 
-def merged(base: Path, overlay: bytes, machine: str, setup: list[list[str]], env: dict[str, str]) -> bytes:
-    """One newc archive: base's entries (its /init replaced), then the overlay's, then
-    /dmtbench/machine, the setup script and one trailer."""
-    out = io.BytesIO()
-    w = CpioWriter(out)
-    with base.open("rb") as src:
+def base_prefix(base: Path) -> tuple[Path, int]:
+    """The base's entries without its /init and without a trailer, re-encoded once and
+    cached beside the base (a job then copies it instead of parsing 60 MB); and how many
+    entries it holds (the next inode number follows them)."""
+    prefix = base.with_name(f"{base.name}.lava-{LAYOUT}")
+    count_file = prefix.with_name(prefix.name + ".count")
+    if prefix.exists() and count_file.exists() and prefix.stat().st_mtime >= base.stat().st_mtime:
+        return prefix, int(count_file.read_text())
+    tmp = prefix.with_name(prefix.name + ".tmp")
+    count = 0
+    with base.open("rb") as src, tmp.open("wb") as out:
+        w = CpioWriter(out)
         for e in entries(src):
             if e.name != "init":
                 copy_entry(w, e)
-    w.add_file("init", init_script(env).encode(), 0o755)
-    for e in entries(io.BytesIO(overlay)):
-        copy_entry(w, e)
-    w.add_file("dmtbench/machine", f"{machine}\n".encode())
-    w.add_file(SETUP, setup_script(setup).encode(), 0o755)
-    w.close()
-    return out.getvalue()
+                count += 1
+    count_file.write_text(str(count))
+    tmp.replace(prefix)
+    return prefix, count
+
+
+def write_merged(dest: Path, base: Path, overlay: bytes, machine: str, setup: list[list[str]],
+                 env: dict[str, str]) -> Path:
+    """Write one newc archive to dest: base's entries (its /init replaced), then the
+    overlay's, then /dmtbench/machine, the setup script and one trailer."""
+    prefix, count = base_prefix(base)
+    with dest.open("wb") as out:
+        with prefix.open("rb") as src:
+            shutil.copyfileobj(src, out, 1 << 22)
+        w = CpioWriter(out)
+        w.ino = count + 1  # inode numbers stay unique across the whole archive
+        w.add_file("init", init_script(env).encode(), 0o755)
+        for e in entries(io.BytesIO(overlay)):
+            copy_entry(w, e)
+        w.add_file("dmtbench/machine", f"{machine}\n".encode())
+        w.add_file(SETUP, setup_script(setup).encode(), 0o755)
+        w.close()
+    return dest
+
+
+def merged(base: Path, overlay: bytes, machine: str, setup: list[list[str]], env: dict[str, str]) -> bytes:
+    """write_merged's archive as bytes (for tests and small images)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return write_merged(Path(tmp) / "m.cpio", base, overlay, machine, setup, env).read_bytes()
 
 
 def names(archive: bytes) -> list[str]:

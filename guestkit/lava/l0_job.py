@@ -16,6 +16,7 @@ job.yaml, device.yaml (for lava-run), Image, ramdisk.cpio.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -150,14 +151,24 @@ def guest_files(spec: JobSpec, kernel: kernels.Kernel | None) -> tuple[dict[str,
     return files, setup
 
 
-def build_ramdisk(spec: JobSpec, kernel: kernels.Kernel | None, machine: str) -> bytes:
-    """The merged initramfs of this job."""
+def build_ramdisk(dest: Path, spec: JobSpec, kernel: kernels.Kernel | None, machine: str) -> Path:
+    """Write the merged initramfs of this job to dest."""
     arch = get_arch("arm64")
     parts = find_parts(arch)
     files, setup = guest_files(spec, kernel)
     placeholder = {"argv": ["true"], "machine": machine, "setup": [], "env": {}}
     overlay = image.build_job(arch, arch_cache(arch.name), placeholder, files)
-    return l0_image.merged(parts.base, overlay, machine, setup, {"DMTBENCH_COMMIT": metadata.git_commit()})
+    return l0_image.write_merged(dest, parts.base, overlay, machine, setup, {"DMTBENCH_COMMIT": metadata.git_commit()})
+
+
+def place(src: Path, dest: Path) -> None:
+    """The kernel image in the job directory: a hard link where the cache shares the file
+    system (instant), else a copy."""
+    dest.unlink(missing_ok=True)
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
 
 
 def job_dict(spec: JobSpec, kernel_url: str, ramdisk_url: str, ctx: device.QemuContext | None, name: str) -> dict:
@@ -200,8 +211,8 @@ def write(spec: JobSpec, out: Path) -> WrittenJob:
     machine = spec.machine or MACHINES[spec.kind] or spec.server.hostname
     out.mkdir(parents=True, exist_ok=True)
     kernel_path, ramdisk_path = out / "Image", out / "ramdisk.cpio"
-    shutil.copyfile(kernel.image if kernel else find_parts(arch).kernel, kernel_path)
-    ramdisk_path.write_bytes(build_ramdisk(spec, kernel, machine))
+    place(kernel.image if kernel else find_parts(arch).kernel, kernel_path)
+    build_ramdisk(ramdisk_path, spec, kernel, machine)
     base = spec.url_base.rstrip("/")
     # file:// URLs as LAVA reads them: the path verbatim (it does not unquote, so no %2B
     # for the `+` of 6.12.117+deb12, which Path.as_uri() would write).

@@ -77,6 +77,12 @@ def job_error(entries: list[dict]) -> str:
     return "LAVA gave no reason"
 
 
+def rejected(entries: list[dict]) -> bool:
+    """Whether the job failed in LAVA's validation stage (nothing was deployed or booted)."""
+    return not any(e.get("lvl") == "info" and isinstance(e.get("msg"), str) and e["msg"].startswith("start: 1 ")
+                   for e in entries)
+
+
 def job_passed(entries: list[dict]) -> bool:
     return any(e.get("lvl") == "results" and isinstance(e.get("msg"), dict) and e["msg"].get("case") == "job"
                and e["msg"].get("result") == "pass" for e in entries)
@@ -103,12 +109,17 @@ def run(path: Path, out: Path, results: Path, tuxrun: bool = False, verbose: boo
     """Validate, run and collect one job; LAVA's verdict is in the result (no exception
     for a job that ran and failed: what it sent home is still collected)."""
     job, device = job_files(path)
-    validate(job, device, out)
+    if tuxrun:
+        validate(job, device, out)  # TuxRun's own messages about a rejected job are not LAVA's
+    else:
+        lava_run()  # the dispatcher validates the job itself as its first stage
     t0 = time.monotonic()
     log = _tuxrun(job, out, verbose) if tuxrun else _lava_run(job, device, out, verbose)
     seconds = time.monotonic() - t0
     entries = log_entries(log.read_text(errors="replace"))
     passed = job_passed(entries)
+    if not passed and rejected(entries):
+        raise UserError(f"LAVA rejected {job}: {job_error(entries)}")
     try:
         collected = l0_collect.collect(log, results)
     except UserError:

@@ -49,6 +49,7 @@ def run_host(kernel: kernels.Kernel, args) -> tuple[table.HostReport, int]:
         print(f"lab: {kernel.version}: a LAVA job runs the probes only (no --fast timings)", file=sys.stderr)
     if getattr(args, "lava_server", None):
         return _server(kernel, spec, args)
+    l0_run.lava_run()  # no dispatcher: one line for the whole lab, not one per host
     with tempfile.TemporaryDirectory(prefix="dmtbench-lava-") as tmp:
         written = l0_job.write(spec, Path(tmp))
         try:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-
-from conftest import assert_one_line_error, run_cli
+from conftest import run_cli
 from lavafix import lava_ready  # noqa: F401  (a fixture)
 
 SERVER = "https://lava.example.org/RPC2"  # a reserved example domain: nothing is contacted in a dry run
@@ -47,3 +47,23 @@ def test_the_same_outcomes_as_the_lab(tmp_path):
     got, want = outcomes(lava.stdout), outcomes(lab.stdout)
     assert got == want and len(got) == 6 * 7 * len(PROBES)
     assert json.loads(lava.stdout)["mismatches"] == []
+
+
+def test_lab_lava_without_the_dispatcher(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # Everything on PATH but lava-run: QEMU and apt are there, the dispatcher is not.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for d in os.environ["PATH"].split(":"):
+        for tool in Path(d).glob("*") if Path(d).is_dir() else []:
+            if tool.name != "lava-run" and not (bin_dir / tool.name).exists():
+                (bin_dir / tool.name).symlink_to(tool)
+    proc = subprocess.run([sys.executable, "-m", "guestkit", "lab", "--lava", "--host-kernel", "6.12",
+                           "--probes-only", "-o", str(tmp_path)], env={**os.environ, "PATH": str(bin_dir)},
+                          capture_output=True, text=True, timeout=300, check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and len(lines) == 1 and "guestkit deps --lava" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -56,10 +56,13 @@ def cmd_report(argv: list[str]) -> int:
     p = _Parser(prog="python -m bench report", description=report.__doc__)
     p.add_argument("file", type=Path)
     p.add_argument("--ref", default="device-ngnre", help="reference attribute (default device-ngnre)")
+    p.add_argument("--ref-target", default=None, metavar="T",
+                   help="a run over several targets: each case over the same case on target T, by stage-2 setting")
     p.add_argument("--format", choices=FORMATS, default="text")
     args = p.parse_args(argv)
     (run,) = load_many([args.file])
-    print(tables.render(report.table(run, args.ref), args.format))
+    t = report.target_table(run, args.ref_target) if args.ref_target else report.table(run, args.ref)
+    print(tables.render(t, args.format))
     return 0
 
 

@@ -1,4 +1,7 @@
-"""`report RUN.json`: one run across attributes, as speedups over a reference attribute.
+"""`report RUN.json`: one run across attributes, as speedups over a reference attribute;
+with --ref-target T (a run over several targets), across targets: each case over the
+same case (workload, parameters, attribute) on target T, columns labelled with the
+stage-2 attribute each target's cases were read to have (stage2_read), e.g. `vfio (normal-nc)`.
 
 In an interleaved run (bench run's default) the processes of one round of every case ran
 seconds apart, so each attribute's speedup is the median of its per-round ratios to the
@@ -13,7 +16,8 @@ import numpy as np
 from analysis import stats
 from analysis.load import Run, Series
 from analysis.tables import Section, Table, fmt_value
-from bench import units
+from bench import plan, units
+from bench.errors import UserError
 
 METHOD_PAIRED = "paired per-round ratios, boot CI over rounds"
 METHOD_UNPAIRED = "ratio of process medians, cluster-boot CI"
@@ -117,10 +121,109 @@ def table(run: Run, ref: str = "device-ngnre") -> Table:
                      f"stage2 {meta.get('stage2', '?')}{' (FWB)' if meta.get('fwb') == 'true' else ''}")
     notes += leaf_note({a: leaf_of(next(s.meta for s in run.series.values() if s.attr == a)) for a in order})
     emu = "[emulated] " if run.emulated else ""
-    target = next(iter(run.series.values())).meta.get("target", "?")
+    target = " + ".join(dict.fromkeys(s.meta.get("target", "?") for s in run.series.values()))
     method = METHOD_PAIRED if paired else METHOD_UNPAIRED
     header = f"{emu}{run.describe()}, x = speedup over {ref}\nx > 1 = better | {method}"
     notes.insert(0, f"target {target}" + (" (emulated: plumbing, not hardware)" if emu else ""))
     sections = [Section(title, rows) for title, rows in groups.items()]
     data = {"run": str(run.path), "ref": ref, "attrs": order, "method": method, "rows": data_rows}
     return Table(header, ["benchmark", *order], sections, notes, data)
+
+
+def targets_of(run: Run) -> list[str]:
+    """The target specs of a run's benchmarks, in file order."""
+    return list(dict.fromkeys(s.meta.get("target", "?") for s in run.series.values()))
+
+
+def pick_target(targets: list[str], ref: str) -> str:
+    """The target `ref` names: its exact spec, or the one spec it abbreviates (`ram`,
+    `vfio` for kvm:vfio:<BDF>/<bar>); UserError (exit 2) naming the run's targets else."""
+    if ref in targets:
+        return ref
+    hits = [t for t in targets if t.startswith((f"{ref}:", f"kvm:{ref}:")) or t == f"kvm:{ref}"]
+    if len(hits) == 1:
+        return hits[0]
+    why = "names several" if hits else "is not one"
+    raise UserError(f"--ref-target {ref} {why} of this run's targets: {', '.join(targets)}")
+
+
+# Stage-2 names short enough for four columns in 72 (the lab's table uses the same words).
+SHORT_S2 = {"device-ngnrne": "Dev-nGnRnE", "device-ngnre": "Dev-nGnRE", "device-ngre": "Dev-nGRE",
+            "device-gre": "Dev-GRE", "normal-nc": "NC", "normal-wt": "WT", "normal": "WB", "as-s1": "as-s1"}
+HEADINGS_WIDTH = 52  # the columns' share of the 72: the rest is for the row names
+
+
+def stage2_label(run: Run, target: str, short: bool = False) -> str:
+    """A column heading: the target's short name (a kvm target's backing) with the stage-2
+    attribute its cases read, where recorded: 'vfio (normal-nc)', short: 'vfio (NC)'."""
+    metas = [s.meta for s in run.series.values() if s.meta.get("target") == target]
+    name = metas[0].get("backing") or target
+    reads = [m["stage2_read"] for m in metas if "stage2_read" in m]
+    known = list(dict.fromkeys(r for r in reads if not r.startswith("unavailable")))
+    if known:
+        return f"{name} ({'/'.join(SHORT_S2.get(r, r) if short else r for r in known)})"
+    return f"{name} (stage 2 unread)" if reads else name
+
+
+def stage2_labels(run: Run, targets: list[str]) -> list[str]:
+    """Every column's heading, in the short form when the full ones would not fit."""
+    full = [stage2_label(run, t) for t in targets]
+    if sum(len(c) + 2 for c in full) <= HEADINGS_WIDTH:
+        return full
+    return [stage2_label(run, t, short=True) for t in targets]
+
+
+def _by_case(run: Run) -> dict[tuple[str, str], dict[str, Series]]:
+    """(label without target, attr) -> {target: series}, in file order."""
+    out: dict[tuple[str, str], dict[str, Series]] = {}
+    for s in run.series.values():
+        label, _, attr = plan.split_name(s.name)
+        out.setdefault((label, attr), {})[s.meta.get("target", "?")] = s
+    return out
+
+
+def target_table(run: Run, ref_target: str) -> Table:
+    """Rows: workload[params]@attr; columns: targets by stage-2 setting, the reference
+    target's column absolute and the others its per-round paired speedups (the interleaved
+    rounds ran every target's case seconds apart, so drift cancels)."""
+    targets = targets_of(run)
+    if len(targets) < 2:
+        raise UserError(f"{run.path.name} has one target ({targets[0]}): --ref-target compares the targets of a "
+                        "run over several (bench run --target A --target B)")
+    ref = pick_target(targets, ref_target)
+    order = [ref, *[t for t in targets if t != ref]]
+    paired = run.interleaved
+    groups: dict[str, list[list[str]]] = {}
+    data_rows = []
+    for (label, attr), by_target in _by_case(run).items():
+        base, some = by_target.get(ref), next(iter(by_target.values()))
+        cells, rec = [f"{label.removeprefix(some.workload)}@{attr}"], {"benchmark": f"{label}@{attr}"}
+        for t in order:
+            s = by_target.get(t)
+            if s is None:
+                cells.append("-")
+                continue
+            est = stats.estimate(s.runs)
+            rec[t] = {"median": est.median, "lo": est.lo, "hi": est.hi, "unit": s.unit, "processes": len(s.runs)}
+            if t == ref or base is None:
+                cells.append(f"{fmt_value(est.median)} {s.unit}")
+            else:
+                rel = relative(s, base, paired)
+                rec[t].update(speedup=rel.median, speedup_lo=rel.lo, speedup_hi=rel.hi)
+                cells.append(f"{rel.median:.2f}x")
+        groups.setdefault(f"{some.workload} ({units.better(some.unit)})", []).append(cells)
+        data_rows.append(rec)
+    columns = stage2_labels(run, order)
+    notes = [f"{col}: {t}" for col, t in zip(columns, order) if col != t]
+    if next(iter(run.series.values())).meta.get("replication"):  # guestkit lab --fast's one process
+        notes += ["note: every round is a value of one process (in-process timing):",
+                  "  the CI is over rounds of one process, not over processes"]
+    notes += leaf_note({col: leaf_of(next(s.meta for s in run.series.values() if s.meta.get("target") == t))
+                        for col, t in zip(columns, order)})
+    emu = "[emulated] " if run.emulated else ""
+    method = METHOD_PAIRED if paired else METHOD_UNPAIRED
+    ref_name = columns[0].split(" (")[0]
+    header = f"{emu}{run.describe()}, x = speedup over {ref_name}\nx > 1 = better | {method}"
+    data = {"run": str(run.path), "ref_target": ref, "targets": order, "columns": columns, "method": method,
+            "rows": data_rows}
+    return Table(header, ["benchmark", *columns], [Section(t, r) for t, r in groups.items()], notes, data)

@@ -45,7 +45,7 @@ def text(t: Table) -> str:
     rows = [t.columns] + [r for s in t.sections for r in [*s.rows, *([s.summary] if s.summary else [])]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(t.columns))]
     rest = sum(widths[1:]) + 2 * (len(widths) - 1) + 2
-    widths[0] = min(widths[0], TEXT_WIDTH - rest)
+    widths[0] = max(min(widths[0], TEXT_WIDTH - rest), 8)  # many wide columns: wider than 72, never a crash
 
     def line(cells: list[str], indent: str = "  ") -> str:
         others = "  ".join(c.rjust(w) for c, w in zip(cells[1:], widths[1:]))

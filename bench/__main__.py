@@ -14,7 +14,7 @@ COMMANDS = {
     "combine": "effective memory type of a stage-1 and a stage-2 attribute",
     "probe": "semantic probes (alignment, DC ZVA, exclusives, atomics) per attribute",
     "compare": "compare runs (A... --vs B...): speedups, 95% CIs, Holm-adjusted verdicts (analysis)",
-    "report": "one run across attributes, relative to a reference attribute (analysis)",
+    "report": "one run across attributes (--ref) or targets (--ref-target), as speedups (analysis)",
     "plot": "PNG plots of one or more runs (analysis)",
     "track": "regression tracking over a machine's results; exit 1 on a regression (analysis)",
     "selfcheck": "compare our RAM kernels with likwid-bench and an independent chase",

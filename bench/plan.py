@@ -1,6 +1,14 @@
-"""The run matrix: attributes x workloads x parameter values x sizes, as named cases."""
+"""The run matrix: targets x attributes x workloads x parameter values x sizes, as named cases.
+
+Benchmark names: `<workload>[<params>]@<attr>` in a run over one target (every result
+file before multi-target runs has these, and they stay); in a run over several targets
+the target spec goes in braces before the attribute, `<workload>[<params>]{<target>}@<attr>`
+(e.g. `read-bw[64B,64MiB]{ram:thp}@normal`), so the name stays unique and everything that
+splits a name at its last '@' (label, attribute) still works.  split_name() undoes both forms.
+"""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
@@ -15,12 +23,15 @@ SEED = 0x5EED
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmark: a workload with fixed parameters on one attribute."""
+    """One benchmark: a workload with fixed parameters on one attribute of one target.
+    `tagged`: the run has several targets, so the name carries this one's spec."""
 
     kernel: Kernel
     params: tuple[tuple[str, str], ...]
     size: int
     attr: str
+    target: str = ""
+    tagged: bool = False
 
     @property
     def label(self) -> str:
@@ -32,8 +43,10 @@ class Case:
 
     @property
     def name(self) -> str:
-        """The pyperf benchmark name: '<workload>[<params>]@<attr>'."""
-        return f"{self.label}@{self.attr}"
+        """The pyperf benchmark name: '<workload>[<params>]@<attr>', or with several
+        targets in the run '<workload>[<params>]{<target>}@<attr>'."""
+        where = f"{{{self.target}}}" if self.tagged else ""
+        return f"{self.label}{where}@{self.attr}"
 
     @property
     def units_per_loop(self) -> int:
@@ -54,6 +67,30 @@ class Case:
             mode=mode.values.index(p["mode"]) if mode else 0, stride=int(p.get("stride", 0)),
             seed=SEED,
         )
+
+
+def split_name(name: str) -> tuple[str, str | None, str]:
+    """'read-bw[64B,64MiB]{ram:thp}@normal' -> ('read-bw[64B,64MiB]', 'ram:thp', 'normal');
+    a name without a target part gives None for it."""
+    head, _, attr = name.rpartition("@")
+    if head.endswith("}") and "{" in head:
+        label, _, target = head[:-1].rpartition("{")
+        return label, target, attr
+    return head, None, attr
+
+
+def merge_targets(per_target: list[list[Case]], tag: bool = False) -> list[Case]:
+    """One case list from each target's plan.  With several targets (or `tag`) every case
+    is tagged (its name carries the target) and the cases of one (attribute, workload,
+    parameters) follow each other, target by target, so in each interleaved round the
+    sides of a --ref-target pair run back to back.  One target: its cases, unchanged."""
+    if len(per_target) == 1 and not tag:
+        return list(per_target[0])
+    groups: dict[tuple[str, str], list[Case]] = {}
+    for cases in per_target:
+        for case in cases:
+            groups.setdefault((case.attr, case.label), []).append(dataclasses.replace(case, tagged=True))
+    return [case for group in groups.values() for case in group]
 
 
 def parse_params(items: list[str]) -> dict[str, list[str]]:
@@ -128,11 +165,12 @@ def refusal(k: Kernel, attr: str, stage2: str | None = None, fwb: bool = False) 
 
 def build(attrs: list[str], names: list[str], params: list[str], sizes: list[str],
           max_size: int | None = None, stage2: str | None = None, fwb: bool = False,
-          skipped: list[str] | None = None) -> list[Case]:
+          skipped: list[str] | None = None, target: str = "") -> list[Case]:
     """Every case, attr-major, validated against what the kernels support.  Default sizes
     are capped at max_size (a BAR smaller than a workload's default).  A workload the
     effective type forbids (zero on arm64 Device memory) is a UserError when named, and
-    left out of the default matrix with its reason appended to `skipped`."""
+    left out of the default matrix with its reason appended to `skipped`.  Each case
+    carries `target` (the spec of the target it runs on)."""
     ks = select_kernels(names)
     overrides = parse_params(params)
     known = {p.name for k in ks for p in k.params}
@@ -152,7 +190,7 @@ def build(attrs: list[str], names: list[str], params: list[str], sizes: list[str
             for combo in _param_grid(k, overrides):
                 default = min(k.default_size, max_size or k.default_size)
                 for size in (size_list or [default]) if k.sized else [default]:
-                    cases.append(_checked(Case(k, combo, size, attr)))
+                    cases.append(_checked(Case(k, combo, size, attr, target)))
     return list(dict.fromkeys(cases))
 
 

@@ -28,6 +28,8 @@ def parser() -> argparse.ArgumentParser:
                         "who watches a VM that its host's KVM may kill learns which probe did it")
     p.add_argument("--allow-reads", action="store_true", help="allow reading a BAR that is not known scratch memory")
     p.add_argument("--allow-writes", action="store_true", help="allow writing a BAR that is not known scratch memory")
+    p.add_argument("--allow-cacheable-bar", action="store_true",
+                   help="allow a cacheable host mapping of a PCIe BAR (kvm:kmod-normal, kmod normal): coherent memory only")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--ktap", action="store_true", help="KTAP output, as kselftest prints it")
@@ -109,7 +111,7 @@ def _say(line: str) -> None:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    target = open_target(args.target, args.allow_reads, args.allow_writes)
+    target = open_target(args.target, args.allow_reads, args.allow_writes, allow_cacheable_bar=args.allow_cacheable_bar)
     attrs = [memtypes.canonical(a) for a in args.attr] or target.attrs()
     for attr in attrs:
         target.require(attr)

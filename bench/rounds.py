@@ -6,7 +6,10 @@ ran at that moment.  Interleaving runs round r of every case before round r+1 of
 case 1 process 1, case 2 process 1, ..., case 1 process 2, ...  Each worker is still a
 real pyperf worker (`python -m bench run --worker --worker-task N ...`, calibrated by
 pyperf's own logic) and its run is merged into one pyperf Benchmark per case, so the
-result stays a plain pyperf BenchmarkSuite.
+result stays a plain pyperf BenchmarkSuite.  A run over several --target has one case
+list for all of them (each case carries its target, bench.plan.merge_targets puts the
+targets of one case next to each other), so the rounds go round-robin across targets
+and attributes alike, and a worker opens the target of its own case.
 """
 from __future__ import annotations
 

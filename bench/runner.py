@@ -1,5 +1,9 @@
 """`python -m bench run`: one pyperf Runner over the plan; each case is a bench_time_func.
 
+Several --target options make one run over all of them: each target plans its own cases
+(its attributes, sizes, stage 2), bench.plan.merge_targets tags their names with the
+target and the rounds interleave every case of every target, so drift hits each alike.
+
 Workers are `python -m bench run --worker ...` processes spawned one at a time by
 bench.rounds (round-robin across cases when interleaving); our options are forwarded by
 _forward() so each worker rebuilds the same plan and runs exactly the case asked for
@@ -14,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyperf
@@ -29,8 +34,8 @@ from bench.targets.ram import RamTarget
 # take about as long as 4 x 3 did (~45 s for the default matrix on this project's 2-vCPU
 # VM) and give the per-process tests twice the replicates.
 PROCESSES, VALUES = 8, 1
-_LISTS = ("attr", "workload", "param", "size")
-_SCALARS = ("target", "stage2", "machine", "results_dir", "label", "round", "schedule")
+_LISTS = ("target", "attr", "workload", "param", "size")
+_SCALARS = ("stage2", "machine", "results_dir", "label", "round", "schedule")
 
 
 def _forward(cmd: list[str], args) -> None:
@@ -42,7 +47,7 @@ def _forward(cmd: list[str], args) -> None:
         value = getattr(args, name)
         if value is not None:
             cmd.extend([f"--{name.replace('_', '-')}", str(value)])
-    for flag in ("fwb", "allow_reads", "allow_writes", "infer"):
+    for flag in ("fwb", "allow_reads", "allow_writes", "allow_cacheable_bar", "infer"):
         if getattr(args, flag):
             cmd.append(f"--{flag.replace('_', '-')}")
 
@@ -53,7 +58,9 @@ def make_runner() -> pyperf.Runner:
                            add_cmdline_args=_forward)
     p = runner.argparser
     p.prog = "python -m bench run"
-    p.add_argument("--target", default="ram", help="ram (default), ram:thp, pci:<BDF>/<bar>, kmod, kmod:pci:<BDF>/<bar>")
+    p.add_argument("--target", action="append", default=[],
+                   help="ram (default), ram:thp, pci:<BDF>/<bar>, kmod, kmod:pci:<BDF>/<bar>, kvm:...; repeatable: "
+                        "one interleaved run over every target, names <workload>[<params>]{<target>}@<attr>")
     p.add_argument("--attr", action="append", default=[], help="memory attribute (repeatable; default: all the target offers)")
     p.add_argument("--workload", action="append", default=[], help="workload name (repeatable; default: all)")
     p.add_argument("--param", action="append", default=[], help="KEY=V1[,V2] parameter values (repeatable)")
@@ -62,6 +69,9 @@ def make_runner() -> pyperf.Runner:
     p.add_argument("--fwb", action="store_true", help="the host uses FEAT_S2FWB")
     p.add_argument("--allow-reads", action="store_true", help="allow reading a BAR that is not known scratch memory")
     p.add_argument("--allow-writes", action="store_true", help="allow writing a BAR that is not known scratch memory")
+    p.add_argument("--allow-cacheable-bar", action="store_true",
+                   help="allow a cacheable (Normal WB) host mapping of a PCIe BAR (kmod normal, kvm:kmod-normal): "
+                        "safe only where the device memory is coherent with the CPU caches (Grace Hopper's C2C)")
     p.add_argument("--infer", action="store_true",
                    help="in a guest, probe each mapping with an unaligned load to record its class (a pre-6.9 "
                         "KVM host kills the VM for it on a BAR mapped Normal-NC); on bare metal always done")
@@ -203,10 +213,36 @@ def _never(loops: int) -> float:  # placeholder for cases another worker runs
     raise AssertionError("pyperf called a case outside this worker's task")
 
 
-def _worker(runner: pyperf.Runner, cases: list[Case], target: Target, stage2: str, fwb: bool) -> int:
+@dataclass(frozen=True)
+class RunTarget:
+    """One --target of the run: the open target and the stage 2 its cases run under."""
+
+    target: Target
+    stage2: str
+
+
+def open_targets(args) -> dict[str, RunTarget]:
+    """Each --target (default ram), by its canonical spec (what Case.target holds)."""
+    out: dict[str, RunTarget] = {}
+    for spec in args.target or ["ram"]:
+        target = open_target(spec, args.allow_reads, args.allow_writes,
+                             allow_cacheable_bar=args.allow_cacheable_bar)
+        if target.spec in out:
+            raise UserError(f"--target {spec} is given twice (as {target.spec}): name each target once")
+        out[target.spec] = RunTarget(target, stage2_of(args, target))
+    return out
+
+
+def run_label(sides: dict[str, RunTarget], cases: list[Case]) -> str:
+    """The default result-file label: target spec(s) and attributes."""
+    return f"{'+'.join(sides)}-{'+'.join(dict.fromkeys(c.attr for c in cases))}"
+
+
+def _worker(runner: pyperf.Runner, cases: list[Case], sides: dict[str, RunTarget], fwb: bool) -> int:
     args = runner.args
     task = args.worker_task or 0
     for i, case in enumerate(cases):
+        target, stage2 = sides[case.target].target, sides[case.target].stage2  # the case's own target
         fn = open_timer(case, target) if i == task else _never
         meta = case_metadata(case, target, stage2, fwb)
         if i == task:
@@ -218,13 +254,13 @@ def _worker(runner: pyperf.Runner, cases: list[Case], target: Target, stage2: st
     return 0
 
 
-def _preflight(cases: list[Case], target: Target) -> None:
-    """Check permissions, then open each (attr, size) once in this process, so that
+def _preflight(cases: list[Case], sides: dict[str, RunTarget]) -> None:
+    """Check permissions, then open each (target, attr, size) once in this process, so that
     refusals and size errors surface as one line before any worker is spawned."""
     for case in cases:
-        target.check_access(case.attr, case.kernel.reads, case.kernel.writes)
-    for attr, size in dict.fromkeys((c.attr, c.size) for c in cases):
-        target.open(attr, size).close()
+        sides[case.target].target.check_access(case.attr, case.kernel.reads, case.kernel.writes)
+    for spec, attr, size in dict.fromkeys((c.target, c.attr, c.size) for c in cases):
+        sides[spec].target.open(attr, size).close()
 
 
 class _Interrupt:
@@ -244,12 +280,12 @@ class _Keeper:
     """The run's result file: claimed at the start, rewritten atomically after every
     worker process, renamed into place at the end."""
 
-    def __init__(self, args, target: Target, cases: list[Case]) -> None:
+    def __init__(self, args, sides: dict[str, RunTarget], cases: list[Case]) -> None:
         if args.output:
             self.final = results.reserve(Path(args.output), exact=True)
         else:
             root = Path(args.results_dir or os.environ.get("DMTBENCH_RESULTS", "results"))
-            label = args.label or f"{target.spec}-{'+'.join(dict.fromkeys(c.attr for c in cases))}"
+            label = args.label or run_label(sides, cases)
             self.final = results.reserve(
                 results.default_path(root, args.machine or metadata.machine_name(), label), exact=False)
         self.partial = results.partial_path(self.final)
@@ -305,22 +341,24 @@ def _steps(runner: pyperf.Runner, cases: list[Case], interleave: bool, keeper: _
     return failed
 
 
-def _manager(runner: pyperf.Runner, cases: list[Case], target: Target, stage2: str, fwb: bool) -> int:
+def _manager(runner: pyperf.Runner, cases: list[Case], sides: dict[str, RunTarget], fwb: bool) -> int:
     args = runner.args
     if args.affinity is None and len(os.sched_getaffinity(0)) > 1:
         # Pin workers to one CPU (the last: CPU 0 takes most interrupts).  Unpinned, a
         # worker's CPU decides cache-resident results: doorbell rates split 2.0 vs 3.4
         # G/s between processes on this project's VM; pinned, 0.7% spread.
         args.affinity = str(max(os.sched_getaffinity(0)))
-    _preflight(cases, target)
-    _warn_disagreements(cases, target, stage2, fwb, may_probe(runner.args))
+    _preflight(cases, sides)
+    for spec, side in sides.items():
+        _warn_disagreements([c for c in cases if c.target == spec], side.target, side.stage2, fwb,
+                            may_probe(runner.args))
     # Interleave by default: run sequentially, a case's processes share a few seconds of
     # the machine's state (on this project's VM write-bw's 8 processes split 18 vs 7 GB/s
     # at one point in time), so they are pseudo-replicates; interleaved, they sample the
     # whole run, and slow drift hits every case alike.
     interleave = args.interleave if args.interleave is not None else len(cases) > 1
     args.schedule = "interleaved" if interleave else "sequential"
-    keeper = _Keeper(args, target, cases)
+    keeper = _Keeper(args, sides, cases)
     t0 = time.monotonic()
     try:
         failed = _steps(runner, cases, interleave, keeper, _Interrupt())
@@ -348,7 +386,7 @@ def _refuse_existing_output(runner: pyperf.Runner, argv: list[str]) -> None:
         raise UserError(f"{known.output} exists: results are never overwritten; pick another -o")
 
 
-def _repeat(args, argv: list[str], target: Target, cases: list[Case]) -> int:
+def _repeat(args, argv: list[str], sides: dict[str, RunTarget], cases: list[Case]) -> int:
     """`--repeat N`: N separate `bench run` invocations, one after another, sharing one
     stamp.  The invocation is the unit of replication (docs/statistics.md), so each is a
     fresh manager process with its own worker tree, exactly as N commands typed in a row."""
@@ -357,7 +395,7 @@ def _repeat(args, argv: list[str], target: Target, cases: list[Case]) -> int:
     if args.output:
         raise UserError("--repeat writes <stamp>-<label>-1.json ... itself: drop -o (use --label or --results-dir)")
     root = Path(args.results_dir or os.environ.get("DMTBENCH_RESULTS", "results"))
-    label = args.label or f"{target.spec}-{'+'.join(dict.fromkeys(c.attr for c in cases))}"
+    label = args.label or run_label(sides, cases)
     first = results.default_path(root, args.machine or metadata.machine_name(), label)
     paths = [first.with_name(f"{first.stem}-{i}.json") for i in range(1, args.repeat + 1)]
     taken = [p for p in paths if p.exists()]
@@ -382,23 +420,36 @@ def main(argv: list[str]) -> int:
     # pyperf gives workers a clean environment: ours (the width cap, a library, a fake
     # sysfs tree) must reach them, or a worker would plan other cases than its manager.
     args.inherit_environ = sorted({*(args.inherit_environ or ()), *(k for k in os.environ if k.startswith(("DMT_", "DMTBENCH_")))})
-    target = open_target(args.target, args.allow_reads, args.allow_writes)
-    attrs = [memtypes.canonical(a) for a in args.attr] or target.attrs()
-    if not attrs:
-        raise UserError(f"target {target.spec} offers no attribute here: see 'python -m bench targets'")
-    for attr in attrs:
-        target.require(attr)
-    args.attr = attrs
-    # The effective type (stage 1 with the stage 2) decides what a workload may do: zero's
-    # DC ZVA faults on any Device type, so it is refused or left out with the reason.
-    stage2, skipped = stage2_of(args, target), []
-    cases = plan.build(attrs, args.workload, args.param, args.size, target.max_size(), stage2=stage2,
-                       fwb=args.fwb, skipped=skipped)
+    sides = open_targets(args)
+    args.target = [side.target.spec for side in sides.values()]  # what the workers open
+    cases, skipped = plan_cases(args, sides)
     runner.metadata.update(metadata.system())
     if args.worker:
-        return _worker(runner, cases, target, stage2, args.fwb)
+        return _worker(runner, cases, sides, args.fwb)
     if args.repeat != 1:
-        return _repeat(args, argv, target, cases)
+        return _repeat(args, argv, sides, cases)
     for reason in skipped:
         print(f"skipped: {reason}")
-    return _manager(runner, cases, target, stage2, args.fwb)
+    return _manager(runner, cases, sides, args.fwb)
+
+
+def plan_cases(args, sides: dict[str, RunTarget]) -> tuple[list[Case], list[str]]:
+    """Every case of every target (bench.plan.merge_targets) and the skipped ones' reasons.
+    --attr applies to every target; without it each target runs all it offers."""
+    given = [memtypes.canonical(a) for a in args.attr]
+    per_target, skipped = [], []
+    for spec, side in sides.items():
+        attrs = given or side.target.attrs()
+        if not attrs:
+            raise UserError(f"target {spec} offers no attribute here: see 'python -m bench targets'")
+        for attr in attrs:
+            side.target.require(attr)
+        # The effective type (stage 1 with the stage 2) decides what a workload may do: zero's
+        # DC ZVA faults on any Device type, so it is refused or left out with the reason.
+        why: list[str] = []
+        per_target.append(plan.build(attrs, args.workload, args.param, args.size, side.target.max_size(),
+                                     stage2=side.stage2, fwb=args.fwb, skipped=why, target=spec))
+        skipped += [f"{spec}: {w}" if len(sides) > 1 else w for w in why]
+        if len(sides) == 1:
+            args.attr = attrs  # workers plan the same attributes (not re-discovered)
+    return plan.merge_targets(per_target), skipped

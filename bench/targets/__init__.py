@@ -24,18 +24,20 @@ SPECS = {
 }
 
 
-def open_target(spec: str, allow_reads: bool = False, allow_writes: bool = False) -> Target:
-    """The Target for a --target spec; UserError names the valid forms."""
+def open_target(spec: str, allow_reads: bool = False, allow_writes: bool = False,
+                allow_cacheable_bar: bool = False) -> Target:
+    """The Target for a --target spec; UserError names the valid forms.  allow_cacheable_bar:
+    the user vouches that a BAR mapped cacheable is coherent (kmod normal, kvm:kmod-normal)."""
     if spec in ("ram", "ram:thp"):
         return RamTarget(thp=spec == "ram:thp")
     if spec.startswith("pci:"):
         return PciTarget(spec, allow_reads, allow_writes)
     if spec == "kmod" or spec.startswith("kmod:pci:"):
-        return KmodTarget(spec, allow_reads, allow_writes)
+        return KmodTarget(spec, allow_reads, allow_writes, allow_cacheable_bar)
     if spec.startswith("kvm:"):
         from bench.targets.kvm import KvmTarget  # imports the probe table: only when asked
 
-        return KvmTarget(spec, allow_reads, allow_writes)
+        return KvmTarget(spec, allow_reads, allow_writes, allow_cacheable_bar)
     raise UserError(f"unknown target {spec!r}: use one of {', '.join(SPECS)}")
 
 

@@ -24,7 +24,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import memtypes
+from bench import memtypes, metadata
 from bench.errors import UserError
 from bench.targets.base import Availability, Mapping, Target, map_memory
 from bench.targets.pci import PciTarget
@@ -87,6 +87,21 @@ def module_info(dev: Path) -> ModuleInfo:
     return ModuleInfo(*INFO.unpack(raw))
 
 
+CACHEABLE = ("normal", "normal-wt")  # stage-1 types the CPU caches (reads at least)
+
+
+def cacheable_bar_refusal(what: str, attr: str, scratch: bool, emulated: bool, allowed: bool) -> str | None:
+    """Why `what` must not map a PCIe BAR with `attr`, or None.  A cacheable host mapping
+    of device memory is safe only where that memory is coherent with the CPU caches
+    (Grace Hopper's C2C); elsewhere a stale line is read or a dirty one written back late.
+    Needless in an emulated host (QEMU models no caches), over known scratch memory
+    (ivshmem: host RAM behind the BAR) or when the user vouches (--allow-cacheable-bar)."""
+    if memtypes.canonical(attr) not in CACHEABLE or scratch or emulated or allowed:
+        return None
+    return (f"{what}: a cacheable ({attr}) mapping of a PCIe BAR is safe only where the device memory is coherent "
+            "with the CPU caches (as Grace Hopper's C2C is); pass --allow-cacheable-bar if it is")
+
+
 def device_path() -> Path:
     return Path(os.environ.get("DMTBENCH_DMATTR", "/dev/dmattr"))
 
@@ -94,7 +109,9 @@ def device_path() -> Path:
 class KmodTarget(Target):
     """A dmattr-backed target: RAM buffer, or a BAR range when given a pci spec."""
 
-    def __init__(self, spec: str, allow_reads: bool = False, allow_writes: bool = False) -> None:
+    def __init__(self, spec: str, allow_reads: bool = False, allow_writes: bool = False,
+                 allow_cacheable_bar: bool = False) -> None:
+        self.allow_cacheable_bar = allow_cacheable_bar
         rest = spec.removeprefix("kmod").removeprefix(":")
         self.allow_claimed = rest.endswith(CLAIMED_OPTION)
         rest = rest.removesuffix(CLAIMED_OPTION)
@@ -135,6 +152,9 @@ class KmodTarget(Target):
     def open(self, attr: str, size: int) -> Mapping:
         attr = memtypes.canonical(attr)
         self.require(attr)
+        if self.pci and (why := cacheable_bar_refusal(f"{self.spec} {attr}", attr, bool(self.pci.scratch),
+                                                      metadata.emulated(), self.allow_cacheable_bar)):
+            raise UserError(why)
         limit = self.max_size()
         if size > limit:
             raise UserError(f"{self.spec} gives at most {limit} bytes, {size} asked: pass a smaller --size")

@@ -32,13 +32,13 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from bench import kernels, kvmpolicy, memtypes
+from bench import kernels, kvmpolicy, memtypes, metadata
 from bench.errors import UserError
 from bench.plan import Case
 from bench.outcomes import EXCL_TRIES, STXR_FAIL, Outcome, Probe, probes
 from bench.targets import vfio
 from bench.targets.base import Availability, Mapping, Target, map_memory
-from bench.targets.kmod import KmodTarget, device_path
+from bench.targets.kmod import KmodTarget, cacheable_bar_refusal, device_path
 from bench.targets.kvmvm import (CAP_CACHEABLE_PFNMAP, OP_INIT, OP_PREFAULT, OP_PROBE, OP_RUN, Answer, KernelLog, Vm,
                                   VmError, cap_text, check_extension, host_dic)
 
@@ -68,6 +68,19 @@ def parse_spec(spec: str) -> tuple[str, str]:
     if backing in kvmpolicy.BACKINGS:
         raise UserError(f"bad kvm target {spec!r}: use {FORMS}")
     raise UserError(f"unknown kvm backing {backing!r} in {spec!r}: use {FORMS}")
+
+
+def check_cacheable_backing(spec: str, backing: str, scratch: bool, allowed: bool,
+                            emulated: bool | None = None) -> None:
+    """UserError (exit 2) for a kmod backing whose host mapping of the BAR is cacheable
+    (kmod-normal) unless the BAR is known scratch memory, the host is emulated or the user
+    passed --allow-cacheable-bar (bench.targets.kmod.cacheable_bar_refusal says why)."""
+    if backing not in kvmpolicy.KMOD_BACKINGS:
+        return
+    why = cacheable_bar_refusal(spec, kvmpolicy.KMOD_BACKINGS[backing], scratch,
+                                metadata.emulated() if emulated is None else emulated, allowed)
+    if why:
+        raise UserError(why)
 
 
 def check_host(machine: str | None = None, kvm: str = "/dev/kvm") -> None:
@@ -150,13 +163,16 @@ class Backing:
 class KvmTarget(Target):
     """The memory of one backing, seen from inside a tiny KVM guest."""
 
-    def __init__(self, spec: str, allow_reads: bool = False, allow_writes: bool = False) -> None:
+    def __init__(self, spec: str, allow_reads: bool = False, allow_writes: bool = False,
+                 allow_cacheable_bar: bool = False) -> None:
         self.backing, pci_spec = parse_spec(spec)
         check_host()
         # kmod-*: dmattr maps the BAR (its own pci target keeps the safety rules); /dev/dmattr
         # missing is one line now, not a failure deep inside a run.
         kmod = self.backing in kvmpolicy.KMOD_BACKINGS
-        self.kmod = KmodTarget(f"kmod:{pci_spec}", allow_reads, allow_writes) if kmod else None
+        self.kmod = KmodTarget(f"kmod:{pci_spec}", allow_reads, allow_writes, allow_cacheable_bar) if kmod else None
+        if self.kmod:  # kmod-normal: the whole backing is a cacheable BAR mapping, so refuse it now
+            check_cacheable_backing(spec, self.backing, bool(self.kmod.pci.scratch), allow_cacheable_bar)
         self.pci = self.kmod.pci if self.kmod else PciTarget(pci_spec, allow_reads, allow_writes) if pci_spec else None
         self.spec = f"kvm:{self.backing}" + (f":{self.pci.spec.removeprefix('pci:')}" if self.pci else "")
         if self.backing == "vfio":

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 
 from bench import kvmpolicy, memtypes, units
 from bench.errors import UserError
+from bench.plan import split_name
 from bench.results import value_of
 
 UNALIGNED = ("load8-unaligned", "store8-unaligned")  # what the tests name; every "-unaligned" probe counts
@@ -385,11 +386,17 @@ def _case_order(case: str) -> tuple:
             memtypes.names().index(attr) if attr in memtypes.names() else 99)
 
 
-def medians_of(suite_benchmarks, backing: str) -> dict[str, tuple[float, str]]:
+def medians_of(suite_benchmarks, backing: str | None) -> dict[str, tuple[float, str]]:
     """'<backing> <benchmark>' -> (median in its unit, unit) from a pyperf suite, the way
-    every dmtbench summary takes it (bench.results.value_of: median of process medians)."""
+    every dmtbench summary takes it (bench.results.value_of: median of process medians).
+    backing None: the interleaved file of every backing (l1_fast), each benchmark's own
+    `backing` metadata, its name without the target part."""
     out = {}
     for bench in suite_benchmarks:
         median, _, unit = value_of(bench)
-        out[f"{backing} {bench.get_name()}"] = (median, unit)
+        name, which = bench.get_name(), backing
+        if which is None:
+            label, _, attr = split_name(name)
+            name, which = f"{label}@{attr}", bench.get_metadata().get("backing", "?")
+        out[f"{which} {name}"] = (median, unit)
     return out

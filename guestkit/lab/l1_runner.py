@@ -2,8 +2,8 @@
 
 Runs as `python3 -m guestkit.lab.l1_runner --mode payload [--probes-only]` in L1 (standard
 library and bench only).  For each backing it runs `bench probe` through the `kvm` target
-(all seven stage-1 attributes) and, unless --probes-only, a `--fast` run of the lab's
-workloads; it writes one JSON file of outcomes, tagged with this host's kernel, under
+(all seven stage-1 attributes) and, unless --probes-only, one `--fast` run of the lab's
+workloads over every timed backing, interleaved round-robin (guestkit.lab.l1_fast); it writes one JSON file of outcomes, tagged with this host's kernel, under
 results/<machine>/, where guestkit's agent picks it up.  A backing that fails is recorded
 with its reason and the others go on.
 """
@@ -30,13 +30,15 @@ BAR = 2
 # dmattr module (kmod-*: the GPU-memory stand-in), and plain RAM.
 TARGETS = {b: "kvm:ram" if b == "ram" else f"kvm:{b}:{BDF}/{BAR}" for b in kvmpolicy.BACKINGS}
 FAST_WORKLOADS = ("write-bw", "read-bw", "wc-burst", "doorbell", "mmio-read", "copy-to")
-# The GPU-BAR case: bulk upload to and read-back from cacheable device memory, timed over
-# the cacheable module mapping only (the other module attributes repeat sysfs's Device).
+# kmod-normal is the one module backing timed (the others repeat sysfs's Device): the lab's
+# workloads, each paired with the same case on sysfs and vfio in the interleaved run, plus
+# the GPU-BAR read-back from cacheable device memory.
 FAST_BY_BACKING = {"kmod-normal": ("copy-to", "copy-from")}
 NEEDS_MODULE = "kmod-"  # backings that need guestkit's dmattr module in the host
 FAST_ATTRS = ("device-ngnre", "normal-nc", "normal")
 STAGE2_KEYS = ("stage2_read", "stage2_memattr", "stage2_leaf", "fwb")  # bench.stage2.Stage2Read.metadata()
 FAST_SIZE = "64KiB"  # small enough for TCG, larger than any burst
+FAST_LABEL = "fast"  # the interleaved timing file: lab-<release>-<mode>-fast.json
 
 
 def kernel_log() -> str:
@@ -63,19 +65,27 @@ def probe_backing(backing: str, attrs: list[str], probes: list[str]) -> dict:
     return data
 
 
-def fast_run(backing: str, results: Path, label: str) -> dict:
-    """The lab's `--fast` timings through one backing, in this process (guestkit.lab.l1_fast
-    says why); its pyperf file lands in results/."""
+def fast_workloads(backing: str) -> list[str]:
+    """The lab's workloads, plus the backing's own (kmod-normal: copy-from, the GPU read-back)."""
+    return list(dict.fromkeys((*FAST_WORKLOADS, *FAST_BY_BACKING.get(backing, ()))))
+
+
+def fast_run(backings: list[str], results: Path, label: str) -> dict:
+    """The lab's `--fast` timings through every backing given, interleaved in this process
+    (guestkit.lab.l1_fast says why): one pyperf file in results/, each case's name
+    carrying its target and its metadata the backing and its stage-2 read."""
     from guestkit.lab import l1_fast as fast  # imports pyperf and the runner: only when timing
 
     t0 = time.monotonic()
+    entry = {"backing": "+".join(backings), "backings": backings, "rounds": fast.ROUNDS,
+             "schedule": "interleaved"}
     try:
-        workloads = FAST_BY_BACKING.get(backing, FAST_WORKLOADS)
-        dest, failed = fast.run_backing(TARGETS[backing], list(FAST_ATTRS), list(workloads), FAST_SIZE,
-                                           label, results)
-    except Exception as exc:  # one backing's failure must not lose the others
-        return {"backing": backing, "seconds": time.monotonic() - t0, "file": None, "failed": [f"{exc}"]}
-    return {"backing": backing, "seconds": time.monotonic() - t0, "file": dest and dest.name, "failed": failed}
+        got = fast.run_backings({TARGETS[b]: fast_workloads(b) for b in backings}, list(FAST_ATTRS), FAST_SIZE,
+                                label, results)
+    except Exception as exc:  # a failure here must not lose the probes already saved
+        return {**entry, "seconds": time.monotonic() - t0, "file": None, "failed": [f"{exc}"], "cases": 0}
+    return {**entry, "seconds": time.monotonic() - t0, "file": got.file and got.file.name, "failed": got.failed,
+            "cases": got.cases}
 
 
 def module_ok(report: dict) -> bool:
@@ -125,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
                     report[fact] = data[fact] == "true"
             save()
         if not args.probes_only:
-            for backing in [b for b in backings if b in FAST_BY_BACKING or not b.startswith(NEEDS_MODULE)]:
-                report["runs"].append(fast_run(backing, results, f"lab-{release}-{args.mode}-{backing}"))
+            timed = [b for b in backings if b in FAST_BY_BACKING or not b.startswith(NEEDS_MODULE)]
+            if timed:
+                report["runs"].append(fast_run(timed, results, f"lab-{release}-{args.mode}-{FAST_LABEL}"))
                 save()
     save()
     print(f"labhost: {release}: {len(report['outcomes'])} outcomes, {len(report['runs'])} runs")

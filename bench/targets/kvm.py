@@ -355,8 +355,9 @@ class KvmTarget(Target):
             return "refused"
         return _class_of(answer)
 
-    def timer(self, case: Case) -> "KvmTimer":
-        return KvmTimer(self, case)
+    def timer(self, case: Case, describe: bool = True) -> "KvmTimer":
+        """describe False: no metadata (a case reopened after its first VM described it)."""
+        return KvmTimer(self, case, describe)
 
     def run_probes(self, attrs: list[str], selected: list[Probe], stage2: str | None) -> dict[str, list[Outcome]]:
         """Every probe for every attribute inside VMs over one host window; a fresh VM after
@@ -466,7 +467,7 @@ class KvmTimer:
     """pyperf's time function for one case: one VM, the kernel initialised in the guest,
     then each call runs `loops` iterations there and returns the guest-timed seconds."""
 
-    def __init__(self, target: KvmTarget, case: Case) -> None:
+    def __init__(self, target: KvmTarget, case: Case, describe: bool = True) -> None:
         self.case, self.target = case, target
         self.mapping = target.open(case.attr, case.size)
         b = Backing(self.mapping.ptr, self.mapping.size, self.mapping.writable, self.mapping.realised, self.mapping.close)
@@ -479,6 +480,12 @@ class KvmTimer:
         self._ok(self.vm.call(OP_PREFAULT, 0, self.attr, loops=int(case.kernel.writes), offset=0,
                               length=min(case.size, self.mapping.size)), "prefault")
         self._ok(self.vm.call(OP_INIT, case.kernel.index, self.attr, args=case.args()), "init")
+        self.metadata: dict = {}
+        if describe:
+            self._describe()
+
+    def _describe(self) -> None:
+        case, target = self.case, self.target
         # The case has touched the target and its VM exists: read what KVM mapped there.
         stage2 = stage2_metadata(read_stage2(self.vm), target.fwb)
         self.metadata = {**target.stage2_facts(), "clock": f"CNTVCT_EL0 in the guest ({self.vm.cntfrq} Hz)",

@@ -29,6 +29,7 @@ from bench.errors import UserError
 from bench.plan import Case
 from bench.runner import open_timer, stage2_of, timer_metadata
 from bench.targets import Target, open_target
+from bench.targets.kvm import KvmTarget
 from bench.targets.pci import PciTarget
 
 MIN_TIME = 0.002   # seconds of guest time per value: CNTVCT resolution is 16 ns under QEMU
@@ -164,7 +165,7 @@ def _one_round(r: int, group: list[_Live], target: Target, failed: list[str], ke
 def _open(one: _Live, target: Target, r: int, failed: list[str]) -> None:
     """The case's timer opened (its VM made); calibrated with its metadata in round 1."""
     try:
-        one.fn = open_timer(one.case, target)
+        one.fn = open_timer(one.case, target) if r == 1 else _reopen(one.case, target)
         if r == 1:
             stage2, fwb = stage2_of(_Args(), target), bool(getattr(target, "fwb", False))
             one.meta = {**metadata.system(), **timer_metadata(one.case, target, stage2, fwb, one.fn, probe_ok=False),
@@ -172,6 +173,14 @@ def _open(one: _Live, target: Target, r: int, failed: list[str]) -> None:
             one.loops, one.warm = calibrate(one.fn)
     except (UserError, OSError) as exc:
         _fail(one, f"round {r}: {exc}" if r > 1 else str(exc), failed)
+
+
+def _reopen(case: Case, target: Target):
+    """The timer of a case round 1 described: a kvm target's skips the metadata (the
+    stage-2 read and the VM of the classifying probe), the costly part of a reopen."""
+    if isinstance(target, KvmTarget):
+        return target.timer(case, describe=False)
+    return open_timer(case, target)
 
 
 def _fail(one: _Live, why: str, failed: list[str]) -> None:

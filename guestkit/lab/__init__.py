@@ -10,7 +10,7 @@ Each module's name says where it runs:
     l0_l2image   `--guest linux`: the QEMU, kernel and initramfs the host needs to boot an L2
   L1 (inside the emulated KVM host, started by guestkit's agent)
     l1_runner    `--guest payload`: every probe and timing case of this host, one JSON file
-    l1_fast      the in-process `--fast` timings over one backing
+    l1_fast      the in-process `--fast` timings, every backing of the host interleaved by rounds
     l1_l2driver  `--guest linux`: boots Debian L2 guests with the BAR passed through
     l1_vmfd      `--guest linux`: the stage-2 read of the inner QEMU's VM (pidfd_getfd)
   L2 (the guest under test) runs only bench: the kvm target's payload or `bench probe`.

@@ -5,6 +5,7 @@ Python never lists kernel names: it reads the descriptor table the C files decla
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -217,3 +218,11 @@ def widest_width() -> int:
 def width_supported(width: int) -> bool:
     """Whether this CPU (under $DMT_MAX_WIDTH) can make accesses of `width` bytes."""
     return lib().dmt_width_supported(width) == 0
+
+
+def failure(rc: int) -> str:
+    """What a kernel's negative return code means, for the one-line error of that case."""
+    if rc == -errno.ERANGE:  # dmt_run: the calibrated overhead is not below the measured time
+        return ("its calibrated overhead is at least the measured time: the access is not measurable "
+                "at this loop count (a longer run, e.g. a larger --min-time, or a quieter machine)")
+    return f"it failed with {os.strerror(-rc)}"

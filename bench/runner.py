@@ -137,7 +137,7 @@ class CaseTimer:
 
     def _check(self, rc: int) -> int:
         if rc < 0:
-            raise UserError(f"{self.case.name}: kernel failed with {os.strerror(-rc)}")
+            raise UserError(f"{self.case.name}: the kernel ran, but {kernels.failure(rc)}")
         return rc
 
     def __call__(self, loops: int) -> float:

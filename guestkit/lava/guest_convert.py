@@ -75,14 +75,17 @@ def unit_name(unit: str) -> str:
 
 
 def ktap_cases(text: str, prefix: str = "", top_level: bool = False) -> list[Case]:
-    """The test lines of a KTAP document: every level (nested subtests by their own names),
-    or with top_level only the unindented ones (one case per subtest group)."""
-    cases = []
+    """The test lines of a KTAP document as cases: the leaves (a nested group's summary
+    line, which follows its subtests, is left out: its subtests are the cases), or with
+    top_level only the unindented lines (one case per group)."""
+    cases, last_indent = [], 0
     for line in text.splitlines():
-        if top_level and line[:1].isspace():
-            continue
         m = _KTAP.match(line)
         if not m:
+            continue
+        indent = len(line) - len(line.lstrip())
+        parent, last_indent = indent < last_indent, indent
+        if (top_level and indent) or (not top_level and parent):
             continue
         status, _number, name, directive = m.groups()
         word = (directive or "").split(" ", 1)[0].upper()

@@ -164,9 +164,25 @@ def report(cases: list[Case]) -> int:
     return 0
 
 
-def send(paths: list[Path]) -> int:
+def upload(url: str, rel: str, data: bytes) -> str:
+    """HTTP PUT of one file to <url>/<machine>/<file> (a lab's artifact store); '' or why not."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"{url.rstrip('/')}/{rel}", data=data, method="PUT",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return "" if 200 <= resp.status < 300 else f"HTTP {resp.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        return str(getattr(exc, "reason", exc))
+
+
+def send(paths: list[Path], upload_url: str = "") -> int:
     """Every file under the given results directories (or the files named) as framed
-    records on stdout, named by their path below results/ (<machine>/<file>)."""
+    records on stdout, named by their path below results/ (<machine>/<file>); with
+    upload_url also PUT to the lab's artifact store (a failed upload is said, not fatal:
+    the log still carries the file)."""
     from guestkit import (
         frames,  # the agent's framing: collect decodes it from the job log
     )
@@ -185,6 +201,9 @@ def send(paths: list[Path]) -> int:
             sender.send("file", rel, data)
             # In plain text too, so what came home can be checked against the guest's file.
             print(f"dmtbench: sent {rel} {len(data)} bytes sha256 {hashlib.sha256(data).hexdigest()}", flush=True)
+            if upload_url:
+                why = upload(upload_url, rel, data)
+                print(f"dmtbench: upload of {rel} {'failed: ' + why if why else 'done'}", flush=True)
             count += 1
     sys.stdout.flush()
     print(f"dmtbench: sent {count} file(s)")
@@ -196,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("kind", choices=["ktap", "pyperf", "send"])
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--prefix", default="", help="put before every case name (e.g. the backing: vfio.)")
+    p.add_argument("--upload", default="", metavar="URL",
+                   help="send: also HTTP PUT each file to URL/<machine>/<file> (empty: no upload)")
     p.add_argument("--cases", choices=["probe", "attr"], default="probe",
                    help="ktap: a case per test line (probe), or only the top-level tests (attr: one per subtest "
                         "group, i.e. per stage-1 attribute)")
@@ -207,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {missing[0]}: no such file", file=sys.stderr)
         return 2
     if args.kind == "send":
-        return send(args.files)
+        return send(args.files, args.upload)
     cases: list[Case] = []
     for path in args.files:
         prefix = args.prefix + (f"{path.stem}." if args.prefix_stem else "")

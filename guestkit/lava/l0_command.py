@@ -19,6 +19,8 @@ def job_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true", help="(a) also a `bench run --fast` (lava/dmtbench-run.yaml)")
     p.add_argument("--cases", choices=["probe", "attr"], default="probe",
                    help="LAVA test cases per probe (default) or per stage-1 attribute (the lab's cell)")
+    p.add_argument("--upload", default="", metavar="URL",
+                   help="the guest also PUTs each raw file to URL/<machine>/<file> (a lab's artifact store)")
     p.add_argument("--bdf", default=l0_job.IVSHMEM_BDF,
                    help=f"the device the probes use (default {l0_job.IVSHMEM_BDF}: ivshmem under LAVA's qemu type; "
                         "for a server, the device you bound to vfio-pci)")
@@ -39,7 +41,7 @@ def job_parser(p: argparse.ArgumentParser) -> None:
 def spec_of(args: argparse.Namespace) -> l0_job.JobSpec:
     """The JobSpec `lava job` options describe."""
     server = l0_device.ServerConfig(args.hostname, args.connect, args.power_on, args.power_off, args.hard_reset)
-    tests = l0_job.default_tests(args.kind, args.bdf, args.probe, args.fast, args.cases)
+    tests = l0_job.default_tests(args.kind, args.bdf, args.probe, args.fast, args.cases, args.upload)
     return l0_job.JobSpec(args.kind, args.kernel, tests, args.machine, args.bdf, args.timeout, args.repository,
                           args.revision, args.url_base, server)
 

@@ -87,16 +87,19 @@ def yaml_dump(data: dict) -> str:
     return yaml.safe_dump(data, sort_keys=False, width=1000)
 
 
-def default_tests(kind: str, bdf: str, probes: list[str], fast: bool, cases: str = "probe") -> tuple[Test, ...]:
+def default_tests(kind: str, bdf: str, probes: list[str], fast: bool, cases: str = "probe",
+                  upload: str = "") -> tuple[Test, ...]:
     """The kind's usual tests: (b) and (c) the kvm target's probes on every backing; (a) the
     probes on ram and the ivshmem BAR; with fast, a `bench run --fast` too.  cases: LAVA
-    cases per probe, or per stage-1 attribute (lava/dmtbench-probe.yaml's CASES)."""
-    probe_params = {"PROBES": " ".join(probes), "ATTRIBUTES": "", "LABEL": "lava", "CASES": cases}
+    cases per probe, or per stage-1 attribute (lava/dmtbench-probe.yaml's CASES); upload:
+    the lab's artifact store URL the raw files are also PUT to."""
+    probe_params = {"PROBES": " ".join(probes), "ATTRIBUTES": "", "LABEL": "lava", "CASES": cases, "UPLOAD": upload}
     if kind == "emulated":
         targets = f"ram pci:{bdf}/2"
         tests = [Test("probe", {"TARGET": targets, **probe_params})]
         if fast:
-            tests.append(Test("run", {"TARGET": "ram", "ATTRIBUTES": "", "WORKLOADS": "", "SIZE": "", "LABEL": "lava"}))
+            tests.append(Test("run", {"TARGET": "ram", "ATTRIBUTES": "", "WORKLOADS": "", "SIZE": "", "LABEL": "lava",
+                                      "UPLOAD": upload}))
         return tuple(tests)
     targets = " ".join("kvm:ram" if b == "ram" else f"kvm:{b}:{bdf}/2" for b in KVM_BACKINGS)
     return (Test("probe", {"TARGET": targets, **probe_params}),)

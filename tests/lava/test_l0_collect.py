@@ -111,3 +111,45 @@ def test_a_missing_log(tmp_path):
     assert_one_line_error(proc, 2, "no such file")
     proc = run_cli("lava", "collect", str(tmp_path), module="guestkit")
     assert_one_line_error(proc, 2, "no job log")
+
+
+def test_upload_to_an_artifact_store(tmp_path, guest_results):
+    """send --upload PUTs every file, byte for byte, to a real HTTP server (here, on localhost)."""
+    import http.server
+    import threading
+
+    store: dict[str, bytes] = {}
+
+    class Put(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self):
+            store[self.path] = self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(201)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Put)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/lab/"
+        proc = subprocess.run([sys.executable, "-m", "guestkit.lava.guest_convert", "send", str(guest_results),
+                               "--upload", url], env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                              text=True, timeout=60, check=False)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr
+    files = sorted(p for p in guest_results.rglob("*.json"))
+    assert sorted(store) == sorted(f"/lab/{p.relative_to(guest_results)}" for p in files)
+    for p in files:
+        assert store[f"/lab/{p.relative_to(guest_results)}"] == p.read_bytes()
+    assert proc.stdout.count("upload of ") == len(files) and "failed" not in proc.stdout
+
+
+def test_a_failed_upload_is_said_not_fatal(guest_results):
+    proc = subprocess.run([sys.executable, "-m", "guestkit.lava.guest_convert", "send", str(guest_results),
+                           "--upload", "http://127.0.0.1:9/"], env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0 and "upload of" in proc.stdout and "failed" in proc.stdout
+    assert proc.stdout.count("@@DMT1 ") >= len(EXAMPLES)  # the log still carries every file

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -218,6 +219,23 @@ def widest_width() -> int:
 def width_supported(width: int) -> bool:
     """Whether this CPU (under $DMT_MAX_WIDTH) can make accesses of `width` bytes."""
     return lib().dmt_width_supported(width) == 0
+
+
+UNMEASURABLE_TRIES = 3
+
+
+def timed(run: Callable[[], int]) -> int:
+    """run() (one timed region: ns or -errno) again while it says -ERANGE, at most
+    UNMEASURABLE_TRIES times.  A region of a few loops (pyperf's calibration starts at one)
+    is dominated by its clock reads, and the subtraction of a kernel's calibrated overhead
+    can go below zero on noise alone (seen under TCG at 2 loops); a kernel whose overhead
+    really is at least its measurement keeps failing and the case fails."""
+    rc = run()
+    for _ in range(UNMEASURABLE_TRIES - 1):
+        if rc != -errno.ERANGE:
+            break
+        rc = run()
+    return rc
 
 
 def failure(rc: int) -> str:

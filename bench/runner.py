@@ -141,7 +141,7 @@ class CaseTimer:
         return rc
 
     def __call__(self, loops: int) -> float:
-        return self._check(kernels.lib().dmt_run(self.case.kernel.index, self._ref, loops)) * 1e-9
+        return self._check(kernels.timed(lambda: kernels.lib().dmt_run(self.case.kernel.index, self._ref, loops))) * 1e-9
 
     def close(self) -> None:
         """Unmap what the timer opened (a pyperf worker just exits; in-process users close)."""

@@ -221,3 +221,15 @@ def test_width_cap_makes_this_cpu_a_narrower_one(tmp_path):
                    "--results-dir", str(tmp_path), env=env)
     assert_one_line_error(proc, 2, "read-bw[32B,1MiB]", "DMT_MAX_WIDTH=16")
     assert_one_line_error(run_cli("list", env={"DMT_MAX_WIDTH": "24"}), 2, "DMT_MAX_WIDTH=24")
+
+
+def test_an_unmeasurable_region_is_retimed_a_few_times_then_fails():
+    import errno
+
+    seq = iter([-errno.ERANGE, 250])
+    assert kernels.timed(lambda: next(seq)) == 250  # noise at a few loops: the next timing counts
+    calls = []
+    assert kernels.timed(lambda: calls.append(1) or -errno.ERANGE) == -errno.ERANGE
+    assert len(calls) == kernels.UNMEASURABLE_TRIES  # a real overrun keeps failing
+    assert kernels.timed(lambda: calls.append(2) or -errno.EINVAL) == -errno.EINVAL and calls[-1] == 2
+    assert "calibrated overhead" in kernels.failure(-errno.ERANGE)

@@ -10,7 +10,7 @@ import pytest
 from bench import kernels
 from conftest import REPO
 
-CPU_DEPENDENT = ["tests/test_cli.py", "tests/test_kernels.py", "tests/test_run_keep.py"]
+CPU_DEPENDENT = ["tests/test_cli.py", "tests/test_kernels.py", "tests/test_run_keep.py", "tests/test_selfcheck.py"]
 
 
 @pytest.mark.skipif(os.environ.get("DMT_MAX_WIDTH") is not None, reason="already running under a width cap")

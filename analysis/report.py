@@ -83,6 +83,26 @@ def relative(s: Series, ref: Series, paired: bool) -> stats.Estimate:
     return stats.Estimate(ch.speedup, ch.lo, ch.hi, len(s.runs))
 
 
+def _row(first: str, name: str, by_col: dict, ref: str, paired: bool) -> tuple[list[str], dict]:
+    """One table row: the reference column's median with its unit, the others' speedups
+    over it (paired per round where the run interleaved), and the same as a JSON record."""
+    base = by_col[ref]
+    cells, rec = [first], {"benchmark": name}
+    for col, s in by_col.items():
+        if s is None:
+            cells.append("-")
+            continue
+        est = stats.estimate(s.runs)
+        rec[col] = {"median": est.median, "lo": est.lo, "hi": est.hi, "unit": s.unit, "processes": len(s.runs)}
+        if col == ref or base is None:
+            cells.append(f"{fmt_value(est.median)} {s.unit}")
+        else:
+            rel = relative(s, base, paired)
+            rec[col].update(speedup=rel.median, speedup_lo=rel.lo, speedup_hi=rel.hi)
+            cells.append(f"{rel.median:.2f}x")
+    return cells, rec
+
+
 def table(run: Run, ref: str = "device-ngnre") -> Table:
     """Rows: workload[params]; columns: attrs; the ref column absolute, others speedups."""
     attrs = list(dict.fromkeys(s.attr for s in run.series.values()))
@@ -97,22 +117,8 @@ def table(run: Run, ref: str = "device-ngnre") -> Table:
     data_rows = []
     for label in labels:
         by_attr = {a: run.series.get(f"{label}@{a}") for a in order}
-        base = by_attr[ref]
         some = next(s for s in by_attr.values() if s is not None)
-        cells, rec = [label.removeprefix(some.workload)], {"benchmark": label}
-        for a in order:
-            s = by_attr[a]
-            if s is None:
-                cells.append("-")
-                continue
-            est = stats.estimate(s.runs)
-            rec[a] = {"median": est.median, "lo": est.lo, "hi": est.hi, "unit": s.unit, "processes": len(s.runs)}
-            if a == ref or base is None:
-                cells.append(f"{fmt_value(est.median)} {s.unit}")
-            else:
-                rel = relative(s, base, paired)
-                rec[a].update(speedup=rel.median, speedup_lo=rel.lo, speedup_hi=rel.hi)
-                cells.append(f"{rel.median:.2f}x")
+        cells, rec = _row(label.removeprefix(some.workload), label, by_attr, ref, paired)
         groups.setdefault(f"{some.workload} ({units.better(some.unit)})", []).append(cells)
         data_rows.append(rec)
     for a in order:
@@ -196,21 +202,9 @@ def target_table(run: Run, ref_target: str) -> Table:
     groups: dict[str, list[list[str]]] = {}
     data_rows = []
     for (label, attr), by_target in _by_case(run).items():
-        base, some = by_target.get(ref), next(iter(by_target.values()))
-        cells, rec = [f"{label.removeprefix(some.workload)}@{attr}"], {"benchmark": f"{label}@{attr}"}
-        for t in order:
-            s = by_target.get(t)
-            if s is None:
-                cells.append("-")
-                continue
-            est = stats.estimate(s.runs)
-            rec[t] = {"median": est.median, "lo": est.lo, "hi": est.hi, "unit": s.unit, "processes": len(s.runs)}
-            if t == ref or base is None:
-                cells.append(f"{fmt_value(est.median)} {s.unit}")
-            else:
-                rel = relative(s, base, paired)
-                rec[t].update(speedup=rel.median, speedup_lo=rel.lo, speedup_hi=rel.hi)
-                cells.append(f"{rel.median:.2f}x")
+        some = next(iter(by_target.values()))
+        cells, rec = _row(f"{label.removeprefix(some.workload)}@{attr}", f"{label}@{attr}",
+                          {t: by_target.get(t) for t in order}, ref, paired)
         groups.setdefault(f"{some.workload} ({units.better(some.unit)})", []).append(cells)
         data_rows.append(rec)
     columns = stage2_labels(run, order)

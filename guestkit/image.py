@@ -35,13 +35,14 @@ PRUNE = ["usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info",
          "lib/modules", "usr/lib/modules", "etc/kernel", "usr/lib/linux", *[f"usr/lib/python{PYVER}/{d}" for d in
          ("test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip", "pydoc_data", "distutils",
           f"config-{PYVER}-aarch64-linux-gnu", f"config-{PYVER}-x86_64-linux-gnu")]]
-INIT = """#!/bin/busybox sh
-/bin/busybox mkdir -p /proc /sys /dev /tmp /run /root
+# The file systems every /init of ours mounts first (this one and guestkit.lava's).
+MOUNTS = """/bin/busybox mkdir -p /proc /sys /dev /tmp /run /root
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
 /bin/busybox mount -t devtmpfs devtmpfs /dev
 /bin/busybox mount -t tmpfs tmpfs /tmp
-/bin/busybox --install -s /bin
+"""
+INIT = "#!/bin/busybox sh\n" + MOUNTS + """/bin/busybox --install -s /bin
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 /usr/bin/python3 /dmtbench/guestkit/agent.py
 /bin/busybox poweroff -f

@@ -48,11 +48,16 @@ def kernel_log() -> str:
 
 
 def probe_backing(backing: str, attrs: list[str], probes: list[str]) -> dict:
-    """`bench probe --json` through the kvm target for one backing, in this process (a
-    Python start costs seconds under TCG); {'error': ...} when the backing cannot be had."""
+    """`bench probe --json` through the kvm target for one backing, in this process."""
+    return probe_json(TARGETS[backing], attrs, probes)
+
+
+def probe_json(target: str, attrs: list[str], probes: list[str]) -> dict:
+    """`bench probe --json` on one target, in this process (a Python start costs seconds
+    under TCG); {'error': ...} when the target cannot be had, so the others go on."""
     from bench import probe_cli  # the same code path as the command
 
-    argv = ["--target", TARGETS[backing], "--json", *(a for attr in attrs for a in ("--attr", attr)),
+    argv = ["--target", target, "--json", *(a for attr in attrs for a in ("--attr", attr)),
             *(a for name in probes for a in ("--probe", name))]
     out, t0 = io.StringIO(), time.monotonic()
     try:

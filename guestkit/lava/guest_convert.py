@@ -36,6 +36,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.units import convert  # standard library only, like this module
+
 LAVA_TEST_CASE = "lava-test-case"
 MAX_NAME = 100  # LAVA's TestCase.name is at most 100 characters
 _BAD = re.compile(r"[^A-Za-z0-9_.,:@+\[\]-]")
@@ -101,17 +103,6 @@ def ktap_cases(text: str, prefix: str = "", top_level: bool = False) -> list[Cas
 
 # --- pyperf JSON, read without pyperf (the guest's rootfs may have none) -------------------
 
-def to_unit(unit: str, seconds: float) -> float:
-    """Seconds per inner loop as the report unit (the same conversion as bench.units.convert)."""
-    if unit == "GB/s":
-        return 1.0 / seconds / 1e9
-    if unit == "M/s":
-        return 1.0 / seconds / 1e6
-    if unit == "ns":
-        return seconds * 1e9
-    raise ValueError(f"unknown unit {unit!r}")
-
-
 def benchmark_summaries(suite: dict) -> list[tuple[str, float, float, str]]:
     """(name, median, relative sd, unit) per benchmark of a pyperf suite, as
     bench.results.value_of computes them: one median per worker process, then their median."""
@@ -120,7 +111,7 @@ def benchmark_summaries(suite: dict) -> list[tuple[str, float, float, str]]:
     for bench in suite.get("benchmarks", []):
         meta = {**common, **bench.get("metadata", {})}
         unit = meta.get("report_unit", "ns")
-        meds = [statistics.median(to_unit(unit, v) for v in run["values"])
+        meds = [statistics.median(convert(unit, v) for v in run["values"])
                 for run in bench.get("runs", []) if run.get("values")]
         if not meds:
             continue

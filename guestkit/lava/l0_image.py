@@ -27,6 +27,7 @@ from typing import BinaryIO
 
 from bench.errors import UserError
 from guestkit.cpio import CpioWriter
+from guestkit.image import MOUNTS
 
 PROMPT = "dmtbench-lava# "
 # LAVA waits for the kernel's start message before the prompt; with `quiet` the kernel
@@ -37,12 +38,7 @@ SETUP = "dmtbench/lava-setup.sh"
 LAYOUT = 1  # bump when base_prefix() changes what it keeps of the base
 INIT = """#!/bin/busybox sh
 # dmtbench's /init for LAVA (guestkit.lava.l0_image): a root shell on the console.
-/bin/busybox mkdir -p /proc /sys /dev /tmp /run /root
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t sysfs sysfs /sys
-/bin/busybox mount -t devtmpfs devtmpfs /dev
-/bin/busybox mount -t tmpfs tmpfs /tmp
-/bin/busybox echo "{start} $(/bin/busybox uname -r)"
+""" + MOUNTS + """/bin/busybox echo "{start} $(/bin/busybox uname -r)"
 /bin/busybox --install -s /bin
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root PYTHONPATH={pythonpath}
 {env}

@@ -13,15 +13,12 @@ device type a virtio NIC takes slot 1, so the BDF is a parameter, never assumed.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import platform
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from bench import metadata
@@ -42,21 +39,11 @@ def backing_of(target: str) -> str:
 
 
 def probe_target(target: str, attrs: list[str], probes: list[str]) -> dict:
-    """`bench probe --json` on one target in this process; {'error': ...} when the target
-    cannot be had (the other targets go on)."""
-    from bench import probe_cli
+    """`bench probe --json` on one target in this process, as the lab's L1 runner does it;
+    {'error': ...} when the target cannot be had (the other targets go on)."""
+    from guestkit.lab.l1_runner import probe_json
 
-    argv = ["--target", target, "--json", *(a for attr in attrs for a in ("--attr", attr)),
-            *(a for name in probes for a in ("--probe", name))]
-    out, t0 = io.StringIO(), time.monotonic()
-    try:
-        with contextlib.redirect_stdout(out):
-            probe_cli.main(argv)
-    except UserError as exc:
-        return {"error": str(exc), "seconds": time.monotonic() - t0}
-    data = json.loads(out.getvalue())
-    data["seconds"] = time.monotonic() - t0
-    return data
+    return probe_json(target, attrs, probes)
 
 
 def ktap_of(target: str, data: dict) -> str:

@@ -4,26 +4,28 @@ Bandwidth: likwid-bench (Debian package `likwid`) runs as a child of this proces
 same CPU and size, interleaved with our kernel, reps times (the side that goes first
 alternates); the ratio is the median of the per-rep ratios, with the spread of the
 ratios and of each side.  Latency: an lmbench-style chase (bench/reference/chase_ref.c,
-no shared code), paired the same way.  A pair that cannot run (no likwid-bench, or no
+no shared code), paired the same way, each side building its own chain in one shared
+buffer (the same pages: placement differs between buffers on a VM).  A pair that cannot run (no likwid-bench, or no
 such test in it) is named and the exit status is 1: a check that skips is not a pass.
 """
 from __future__ import annotations
 
 import argparse
+import mmap
 import os
 import re
 import shutil
 import statistics
 import subprocess
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench import kbuild, kernels, plan
 from bench.errors import UserError
 from bench.runner import CaseTimer
-from bench.targets import open_target
+from bench.targets import Availability, Mapping, Target, open_target
+from bench.targets.base import map_memory
 from bench.units import format_size, parse_size
 
 
@@ -85,14 +87,16 @@ class Slices:
     load for read-lat): loops calibrated once to `seconds`.  Kept open between the
     reference's turns, so the two sides alternate seconds apart on a busy machine."""
 
-    def __init__(self, workload: str, params: tuple[str, ...], size: int, seconds: float) -> None:
+    def __init__(self, workload: str, params: tuple[str, ...], size: int, seconds: float,
+                 target: Target | None = None) -> None:
         self.case = plan.build(["normal"], [workload], list(params), [str(size)])[0]
         self.latency = workload == "read-lat"
         self.seconds, self.size, self.loops, self.cpu_ns = seconds, size, 0, 0.0
+        self.target = target or open_target("ram")
         self.timer: CaseTimer | None = None
 
     def __enter__(self) -> "Slices":
-        self.timer = CaseTimer(self.case, open_target("ram")).__enter__()
+        self.timer = CaseTimer(self.case, self.target).__enter__()
         if self.latency:
             self.timer(self.size // 64)  # one full cycle: what init left in the caches no longer counts
         loops = 1 << 20 if self.latency else 1
@@ -129,11 +133,11 @@ def chase_ns(size: int, min_time: float) -> float:
 
 # What the read-lat vs reference investigations found (issues 11 and 19, docs/fidelity.md).
 CHASE_FINDING = (
-    "chase finding (issue 19, AMD EPYC Zen 5 VM, 1 GiB): the 8% was mostly placement: whichever side's buffer "
-    "is built first is 10-15% slower (selfcheck built read-lat's first; six identical chains differed by up "
-    "to 8%), so the chase now runs in both build orders. Also read-lat's one-load loop cost 3-4% per load "
-    "against lmbench's 100-unrolled one on one chain; read-lat unrolls 100. Issue 11 had ruled out the "
-    "shuffle (drand48 vs splitmix64) and the clock.")
+    "chase finding (issue 19, AMD EPYC Zen 5 VM, 1 GiB): the 8% was mostly placement: on separate buffers "
+    "whichever side's was built first ran 10-15% slower (six identical chains differed by up to 8%), so both "
+    "chains now live in one shared buffer, each side's pointers in its own word of the same cache lines. "
+    "Also read-lat's one-load loop cost 3-4% per load against lmbench's 100-unrolled one; read-lat unrolls "
+    "100. Issue 11 had ruled out the shuffle (drand48 vs splitmix64) and the clock.")
 GOAL_BW = 0.98     # ours / likwid-bench, at least
 GOAL_CHASE = 0.03  # |ours / reference - 1|, at most
 CHASE_SLICE = 0.3  # seconds per chase slice
@@ -163,15 +167,19 @@ def reference_chase(size: int, seconds: float) -> float:
 
 
 class ReferenceChase:
-    """chase_ref serving timings: its chain built once, one slice per call."""
+    """chase_ref serving timings: its chain built once, one slice per call; in `shared`
+    (a SharedBuffer) when given, else in memory of its own."""
 
-    def __init__(self, size: int, seconds: float) -> None:
-        self.size, self.seconds, self.cpu_ns = size, seconds, 0.0
+    def __init__(self, size: int, seconds: float, shared: "SharedBuffer | None" = None) -> None:
+        self.size, self.seconds, self.cpu_ns, self.shared = size, seconds, 0.0, shared
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "ReferenceChase":
-        self.proc = subprocess.Popen([str(reference_exe()), str(self.size), "64", "-"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+        cmd, fds = [str(reference_exe()), str(self.size), "64", "-"], ()
+        if self.shared is not None:
+            cmd += [str(self.shared.fd), str(REF_OFFSET)]
+            fds = (self.shared.fd,)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, pass_fds=fds)
         return self
 
     def __call__(self) -> float:
@@ -187,6 +195,63 @@ class ReferenceChase:
     def __exit__(self, *exc) -> None:
         self.proc.stdin.close()
         self.proc.wait()
+
+
+# Where chase_ref's pointers sit in each 64-byte slot of the shared buffer (read-lat's at 0).
+REF_OFFSET = 8
+
+
+class SharedBuffer:
+    """One memfd of `size` bytes (shmem: 4 KiB pages where shmem THP is off, as here and
+    by default), mapped MAP_SHARED here and prefaulted in address order as the ram target
+    prefaults its buffer.  read-lat builds its chain at offset 0 of each 64-byte slot,
+    chase_ref maps the same fd and builds its own at REF_OFFSET: both walk the same cache
+    lines of the same frames, so placement (issue 19: up to 15% between buffers on a VM)
+    is the same for both by construction."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.fd, self.mapping = size, -1, None
+
+    def __enter__(self) -> "SharedBuffer":
+        self.fd = os.memfd_create("dmtbench-chase", 0)
+        try:
+            os.ftruncate(self.fd, self.size)
+            ptr, unmap = map_memory(self.size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, self.fd)
+        except OSError as e:
+            os.close(self.fd)
+            raise UserError(f"shared chase buffer of {format_size(self.size)}: {e.strerror}; "
+                            f"try a smaller --chase-size") from None
+        kernels.lib().dmt_prefault(ptr, self.size, 1)  # before either chain exists: clobbers nothing
+        self.mapping = Mapping(ptr, self.size, "normal", "memfd, MAP_SHARED, prefaulted (selfcheck)", True,
+                               "selfcheck:shared", unmap)
+        return self
+
+    def target(self) -> "SharedTarget":
+        return SharedTarget(self)
+
+    def __exit__(self, *exc) -> None:
+        self.mapping.close()
+        os.close(self.fd)
+
+
+class SharedTarget(Target):
+    """The SharedBuffer as a target for CaseTimer: open() hands out the one mapping (the
+    buffer's owner unmaps it, not the timer)."""
+
+    spec = "selfcheck:shared"
+
+    def __init__(self, buf: SharedBuffer) -> None:
+        self.buf = buf
+
+    def availability(self) -> list[Availability]:
+        return [Availability("normal", True)]
+
+    def open(self, attr: str, size: int) -> Mapping:
+        self.require(attr)
+        if size > self.buf.size:
+            raise UserError(f"selfcheck's shared buffer has {self.buf.size} bytes, {size} asked")
+        m = self.buf.mapping
+        return Mapping(m.ptr, size, m.attr, m.realised, m.writable, self.spec, lambda: None)
 
 
 def overhead(min_time: float = 0.1) -> str:
@@ -263,16 +328,12 @@ def bandwidth_rows(arch: str, width: int, size: int, reps: int) -> tuple[list[st
     return rows, missing
 
 
-def _chase_order(size: int, slices: int, ref_first: bool) -> tuple[Paired, Paired]:
-    """Alternating slices on two chains built once, the reference's chain built first or
-    second: (wall clock, CPU time) pairs."""
-    with ExitStack() as stack:
-        ref = ReferenceChase(size, CHASE_SLICE)
-        ours = Slices("read-lat", (), size, CHASE_SLICE)
-        for side in ((ref, ours) if ref_first else (ours, ref)):
-            stack.enter_context(side)
-            if side is ref:
-                ref()  # returns once its chain is built: the build order is real
+def _chase_shared(size: int, slices: int) -> tuple[Paired, Paired]:
+    """Alternating slices (the side that goes first alternating) on the two chains, built
+    once in one SharedBuffer: (wall clock, CPU time) pairs."""
+    with SharedBuffer(size) as buf, Slices("read-lat", (), size, CHASE_SLICE, buf.target()) as ours, \
+            ReferenceChase(size, CHASE_SLICE, buf) as ref:
+        ref()  # returns once its chain is built, then both chains are in place
         cpu: tuple[list[float], list[float]] = ([], [])
 
         def timed(f, k):  # wall ns per load, keeping the CPU-time figure of the same slice
@@ -287,25 +348,21 @@ def _chase_order(size: int, slices: int, ref_first: bool) -> tuple[Paired, Paire
 
 
 def chase_rows(size: int, reps: int) -> list[str]:
-    """read-lat vs the reference chase, printed rows.  The buffer built first was 10-15%
-    slower for a 1 GiB chase on this project's VM whichever side it was (which frames a
-    buffer gets, and how the host backs them), so the comparison runs in both build
-    orders and the ratio is the geometric mean of the two: placement cancels."""
-    n = max(2, (3 * reps + 1) // 2)  # slices per order: 3 per rep in all
-    runs = {first: _chase_order(size, n, first == "reference") for first in ("reference", "dmtbench")}
+    """read-lat vs the reference chase, printed rows.  On separate buffers the one built
+    first was 10-15% slower for a 1 GiB chase on this project's VM, whichever side it was
+    (which frames a buffer gets, and how the host backs them), so both chains are built in
+    one shared buffer: each side its own chain, the same pages and cache lines."""
+    n = max(2, 3 * reps)  # slices: 3 per rep
     rows = []
-    for k, clock in ((0, "wall"), (1, "cpu")):
-        pair = [runs[first][k] for first in runs]
-        ratio = (pair[0].ratio * pair[1].ratio) ** 0.5
-        met = "met" if abs(ratio - 1) <= GOAL_CHASE else "MISSED"
-        ours = statistics.median([*pair[0].ours, *pair[1].ours])
-        ref = statistics.median([*pair[0].ref, *pair[1].ref])
+    for k, p in enumerate(_chase_shared(size, n)):
+        clock = "wall" if k == 0 else "cpu"
+        met = "met" if abs(p.ratio - 1) <= GOAL_CHASE else "MISSED"
         label = "chase" if clock == "wall" else "chase cpu"
-        rows.append(f"{label:<10} {format_size(size):>7} {ours:10.2f} ns {ref:9.2f} ns {ratio:6.3f}x  "
-                    f"(read-lat vs chase_ref.c, {clock} clock; goal within {GOAL_CHASE:.0%}: {met})")
-        rows.append(f"{'':<10} reference built first {pair[0].ratio:.3f}x, dmtbench first {pair[1].ratio:.3f}x "
-                    f"(geometric mean above; {n} alternating {CHASE_SLICE:g}-s slices each); "
-                    f"spread of the ratios {spread(pair[0].ratios):.1%} / {spread(pair[1].ratios):.1%}")
+        rows.append(f"{label:<10} {format_size(size):>7} {statistics.median(p.ours):10.2f} ns "
+                    f"{statistics.median(p.ref):9.2f} ns {p.ratio:6.3f}x  (read-lat vs chase_ref.c, {clock} "
+                    f"clock, both chains in one shared buffer; goal within {GOAL_CHASE:.0%}: {met})")
+        rows.append(f"{'':<10} {_spreads(p)}; {n} alternating {CHASE_SLICE:g}-s slices; "
+                    f"fastest/fastest {min(p.ours) / min(p.ref):.3f}x")
     return rows
 
 

@@ -87,3 +87,48 @@ def test_reference_chase_and_read_lat_agree_on_a_cache_resident_chain(tmp_path):
     ref = min(float(subprocess.run([str(exe), str(size), "64", "0.2"], capture_output=True, text=True,
                                    check=True).stdout.split()[0]) for _ in range(5))
     assert 0.8 < ours / ref < 1.25, (ours, ref)
+
+
+def _cycle_length(words: list[int], base: int) -> int:
+    """Steps from slot 0 back to slot 0 following words (slot addresses: base + 64 k)."""
+    k, steps = 0, 0
+    while True:
+        k = (words[k] - base) // 64
+        steps += 1
+        if k == 0 or steps > len(words):
+            return steps
+
+
+def test_both_chains_share_one_buffer_and_each_stays_one_full_cycle():
+    """selfcheck's chase: read-lat and chase_ref each build their own chain in the same
+    memfd pages (read-lat's pointers at offset 0 of each 64-byte slot, chase_ref's at
+    REF_OFFSET), and after both have built and walked, each is still a single cycle over
+    every slot: neither side overwrote the other's chain."""
+    import ctypes
+
+    size = 1 << 20
+    n = size // 64
+    with selfcheck.SharedBuffer(size) as buf, \
+            selfcheck.Slices("read-lat", (), size, 0.01, buf.target()) as ours, \
+            selfcheck.ReferenceChase(size, 0.01, buf) as ref:
+        assert ours.timer.mapping.ptr == buf.mapping.ptr  # read-lat runs in the shared buffer
+        assert ref() > 0 and ours() > 0 and ref() > 0
+        raw = (ctypes.c_uint64 * (size // 8)).from_address(buf.mapping.ptr)
+        mine = [raw[k * 8] for k in range(n)]
+        theirs = [raw[k * 8 + selfcheck.REF_OFFSET // 8] for k in range(n)]
+    assert _cycle_length(mine, buf.mapping.ptr) == n
+    # chase_ref's pointers are its own process's addresses: its slot 0 is the lowest target.
+    assert all(v % 64 == min(theirs) % 64 for v in theirs)
+    assert _cycle_length(theirs, min(theirs)) == n and len(set(theirs)) == n
+
+
+def test_the_reference_refuses_an_offset_outside_its_slot(tmp_path):
+    exe = selfcheck.reference_exe()
+    fd = os.memfd_create("t", 0)
+    try:
+        os.ftruncate(fd, 1 << 16)
+        proc = subprocess.run([str(exe), str(1 << 16), "64", "-", str(fd), "60"], input="0.01\n",
+                              capture_output=True, text=True, pass_fds=(fd,))
+    finally:
+        os.close(fd)
+    assert proc.returncode == 2 and proc.stdout == ""

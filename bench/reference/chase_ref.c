@@ -8,12 +8,17 @@
  * caches (this chain is written in visit order, read-lat's in address order).
  * It used drand48 until 2026-11: a strong generator changed nothing beyond noise.
  *   usage: chase_ref SIZE_BYTES STRIDE SECONDS   -> prints ns per load
- *          chase_ref SIZE_BYTES STRIDE -   -> per line of seconds on stdin: ns per load, wall and CPU time */
+ *          chase_ref SIZE_BYTES STRIDE -   -> per line of seconds on stdin: ns per load, wall and CPU time
+ *          chase_ref SIZE_BYTES STRIDE - FD OFFSET   -> the same, its chain in memory it shares
+ *              with read-lat: the SIZE bytes of the memfd (or file) open as FD, mapped MAP_SHARED,
+ *              its pointers OFFSET bytes into each STRIDE slot (selfcheck: read-lat's are at 0,
+ *              these at 8), so both chains live in the same cache lines of the same pages. */
 #define _GNU_SOURCE
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #define HUNDRED(x) x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x x \
@@ -44,19 +49,38 @@ static double cpu_now(void)
 
 int main(int argc, char **argv)
 {
-	if (argc != 4)
+	if (argc != 4 && argc != 6)
 		return 2;
 	size_t size = strtoull(argv[1], 0, 0), stride = strtoull(argv[2], 0, 0), n = size / stride;
 	double secs = strcmp(argv[3], "-") ? atof(argv[3]) : 0;
-	char *mem = malloc(size);
+	size_t offset = argc == 6 ? strtoull(argv[5], 0, 0) : 0;
+	if (stride < sizeof(char *) || offset + sizeof(char *) > stride)
+		return 2;
+	char *mem;
+	if (argc == 6) {
+		/* Memory shared with read-lat (same frames, so the same placement; issue 19's
+		 * build-order bias cannot arise).  Its page tables are faulted in address order,
+		 * as read-lat's, by writing this chain's own word of each page: read-lat's chain
+		 * in the same lines is left intact. */
+		mem = mmap(0, size, PROT_READ | PROT_WRITE, MAP_SHARED, atoi(argv[4]), 0);
+		if (mem == MAP_FAILED)
+			return 1;
+		mem += offset;
+		for (size_t off = 0; off + stride <= size; off += 4096)
+			*(char **)(mem + off) = 0;
+	} else {
+		mem = malloc(size);
+		if (!mem)
+			return 1;
+		/* Fault the buffer in address order first, as the `ram` target prefaults read-lat's:
+		 * left to the linking loop below, pages would be faulted (and their frames handed
+		 * out) in visit order, which ran 0-7% faster than the same chain on a prefaulted
+		 * buffer in A/B runs on a loaded AMD EPYC VM (docs/fidelity.md): one confound less. */
+		memset(mem, 0, size);
+	}
 	size_t *order = malloc(n * sizeof(*order));
-	if (!mem || !order)
+	if (!order)
 		return 1;
-	/* Fault the buffer in address order first, as the `ram` target prefaults read-lat's:
-	 * left to the linking loop below, pages would be faulted (and their frames handed
-	 * out) in visit order, which ran 0-7% faster than the same chain on a prefaulted
-	 * buffer in A/B runs on a loaded AMD EPYC VM (docs/fidelity.md): one confound less. */
-	memset(mem, 0, size);
 	uint64_t seed = 12345;
 	for (size_t i = 0; i < n; i++)
 		order[i] = i;

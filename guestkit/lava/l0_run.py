@@ -145,11 +145,14 @@ def _tuxrun(job: Path, out: Path, verbose: bool) -> Path:
         import tuxrun  # noqa: F401  installed by deps --lava
     except ImportError:
         raise UserError(f"TuxRun is not installed: run '{DEPS}'") from None
+    out = out.resolve()
     log = out / "log.yaml"
     argv = [sys.executable, "-m", "tuxrun", "--runtime", "null", "--device", "qemu-lava",
             "--job-definition", job.resolve().as_uri(), "--log-file-yaml", str(log),
             "--results", str(out / "results.json"), "--cache-dir", str(out / "tuxrun-cache")]
-    proc = subprocess.run(argv, capture_output=not verbose, text=True, check=False)
+    # TuxRun gives lava-run `--output-dir output`, relative: run it in `out`, not in the
+    # user's directory (which would get an output/ folder).
+    proc = subprocess.run(argv, capture_output=not verbose, text=True, check=False, cwd=out)
     if not log.exists():
         tail = ((proc.stderr or "").strip().splitlines() or ["no output"])[-1]
         raise UserError(f"TuxRun wrote no log (exit {proc.returncode}): {tail}")

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import REPO, run_cli
 from lavafix import lava_ready  # noqa: F401  (a fixture)
 
 from guestkit.lab import l0_table as table
@@ -72,8 +72,11 @@ def test_emulated_with_fast_run_through_tuxrun(tmp_path):
                    timeout=900)
     assert made.returncode == 0, made.stderr
     results = tmp_path / "results"
+    stray = REPO / "output"  # TuxRun's lava-run writes output/ in its working directory
+    had = stray.exists()
     proc = run_cli("lava", "run", "--tuxrun", str(job), "-r", str(results), module="guestkit", timeout=1500)
     assert proc.returncode == 0, proc.stderr
+    assert had or not stray.exists(), "lava run --tuxrun left output/ in the user's directory"
     files = assert_byte_identical(job / "log.yaml", results)
     (run_file,) = [p for p in files if not p.name.endswith("-probes.json")]
     suite = json.loads(run_file.read_text())

@@ -41,6 +41,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 MARKER, END = "@@DMT1 ", "@@"
@@ -477,3 +478,17 @@ def tty_drain(out: TextIO) -> None:
         termios.tcdrain(out.fileno())
     except (termios.error, OSError, ValueError, AttributeError):
         pass
+
+
+def save(root: Path, name: str, data: bytes, tag: str) -> Path:
+    """Write a file record's data as root/name, atomically (a .<name>.<tag> file renamed
+    into place), and return the path; ValueError when `name` points outside root (a
+    record that is not one of ours must not write anywhere else)."""
+    dest = (root / name).resolve()
+    if root.resolve() not in dest.parents or name.startswith("/"):
+        raise ValueError(f"file record {name!r} points outside {root}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{tag}")
+    tmp.write_bytes(data)
+    os.replace(tmp, dest)
+    return dest

@@ -134,14 +134,11 @@ class Receiver:
         return "err", line + "\n"
 
     def _write(self, rel: str, data: bytes) -> None:
-        dest = (self.results / rel).resolve()
-        if self.results.resolve() not in dest.parents:
+        try:
+            dest = frames.save(self.results, rel, data, "recv")
+        except ValueError:
             self.problems.append(f"file record {rel!r} points outside results/; not written")
             return
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.recv")
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
         if dest not in self.received:
             self.received.append(dest)
 

@@ -11,7 +11,6 @@ results/<machine>/<file>, as the guest had it.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,14 +89,6 @@ def console_lines(log: Path) -> tuple[list[str], dict[str, int]]:
     return lines, cases
 
 
-def destination(results: Path, name: str) -> Path:
-    """Where a record named <machine>/<file> goes; never outside results/."""
-    dest = (results / name).resolve()
-    if results.resolve() not in dest.parents or name.startswith("/"):
-        raise UserError(f"a record names {name!r}, which is outside results/: the log is not one of ours")
-    return dest
-
-
 def collect(path: Path, results: Path) -> Collected:
     """Decode every file record of the log at `path` into `results`; the intact files are
     written even when others failed (nothing measured is lost)."""
@@ -112,12 +103,10 @@ def collect(path: Path, results: Path) -> Collected:
     for rec in records:
         if rec.kind != "file":
             continue
-        dest = destination(results, rec.name)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.collect")
-        tmp.write_bytes(rec.data)
-        os.replace(tmp, dest)
-        written.append(dest)
+        try:
+            written.append(frames.save(results, rec.name, rec.data, "collect"))
+        except ValueError:
+            raise UserError(f"a record names {rec.name!r}, which is outside results/: the log is not one of ours") from None
     return Collected(log, tuple(written), tuple(decoder.errors), cases)
 
 

@@ -48,10 +48,10 @@ static int init(struct dmt_args *a)
 #define STEP10 STEP STEP STEP STEP STEP STEP STEP STEP STEP STEP
 #define STEP100 STEP10 STEP10 STEP10 STEP10 STEP10 STEP10 STEP10 STEP10 STEP10 STEP10
 
-/* 100 loads per loop iteration, as lmbench's lat_mem_rd: on an AMD EPYC (Zen 5) one load
- * per iteration cost 3-4% more per load than 100 on the same 1 GiB chain (4 KiB and
- * 2 MiB pages), and 16 per iteration 5% (4 KiB; issue 19, docs/fidelity.md).  The rest
- * one by one, so any loop count is exact. */
+/* 100 loads per loop iteration, as lmbench's lat_mem_rd, the rest one by one, so any loop
+ * count is exact.  On the 1 GiB chain of an AMD EPYC (Zen 5) VM one load per iteration
+ * read the same (1.000x, 1.000x: docs/fidelity.md); the 3-4% once measured against the
+ * reference chase was that reference miscounting its own loads (issue 19). */
 static int body(struct dmt_args *a, uint64_t loops)
 {
 	void *p = (void *)(uintptr_t)a->cursor;

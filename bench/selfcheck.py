@@ -133,14 +133,12 @@ def chase_ns(size: int, min_time: float) -> float:
 
 # What the read-lat vs reference investigations found (issues 11 and 19, docs/fidelity.md).
 CHASE_FINDING = (
-    "chase finding (issue 19, AMD EPYC Zen 5 VM, 1 GiB): the 8% was mostly placement: on separate buffers "
-    "whichever side's was built first ran 10-15% slower (six identical chains differed by up to 8%), so both "
-    "chains now live in one shared buffer, each side's pointers in its own word of the same cache lines. "
-    "Also read-lat's one-load loop cost 3-4% per load against lmbench's 100-unrolled one; read-lat unrolls "
-    "100. On the same memory 4-5% remained: not the chain layout (each loop read the same on either chain) "
-    "nor the process; chase_ref's exact timed function ran 3-4% faster than read-lat's body and than "
-    "variants of itself with the same 100-load loop (which detail: not found). Issue 11 had ruled out the "
-    "shuffle (drand48 vs splitmix64) and the clock.")
+    "chase finding (issue 19, AMD EPYC Zen 5 VM, 1 GiB): the 8% had two causes. 4.2%: the reference "
+    "miscounted, its step macro made 96 loads where it counted 100 (fixed; tests/test_disasm.py counts the "
+    "compiled loads). About 4%: placement, on separate buffers whichever side's was built first ran slower "
+    "(six identical chains differed by up to 8%), so both chains live in one shared buffer, each side's "
+    "pointers in its own word of the same cache lines. Issue 11 had ruled out the shuffle (drand48 vs "
+    "splitmix64) and the clock.")
 GOAL_BW = 0.98     # ours / likwid-bench, at least
 GOAL_CHASE = 0.03  # |ours / reference - 1|, at most
 CHASE_SLICE = 0.3  # seconds per chase slice

@@ -78,7 +78,7 @@ def make_runner() -> pyperf.Runner:
     p.add_argument("--label", default=None, help="label in the result file name")
     p.add_argument("--repeat", type=int, default=1, metavar="N",
                    help="N invocations in a row, each its own manager and worker processes: files "
-                        "<stamp>-<label>-1.json ... -N.json (compare needs 3 files a side for a verdict)")
+                        "<stamp>-<label>-1.json ... -N.json, zero-padded to N's digits (compare needs 3 files a side for a verdict)")
     p.add_argument("--machine", default=None, help="results/<machine>/ directory name (default: host name)")
     p.add_argument("--results-dir", default=None, help="results root (default: ./results)")
     p.add_argument("--interleave", dest="interleave", action="store_true", default=None,
@@ -386,6 +386,12 @@ def _refuse_existing_output(runner: pyperf.Runner, argv: list[str]) -> None:
         raise UserError(f"{known.output} exists: results are never overwritten; pick another -o")
 
 
+def repeat_paths(first: Path, n: int) -> list[Path]:
+    """The files of `--repeat n`: `<stem>-1.json` ... `-n.json`, numbered with n's digits
+    (`-01` ... `-40`) so that a listing, a glob or a shell's sort gives the run order."""
+    return [first.with_name(f"{first.stem}-{i:0{len(str(n))}d}.json") for i in range(1, n + 1)]
+
+
 def _repeat(args, argv: list[str], sides: dict[str, RunTarget], cases: list[Case]) -> int:
     """`--repeat N`: N separate `bench run` invocations, one after another, sharing one
     stamp.  The invocation is the unit of replication (docs/statistics.md), so each is a
@@ -397,7 +403,7 @@ def _repeat(args, argv: list[str], sides: dict[str, RunTarget], cases: list[Case
     root = Path(args.results_dir or os.environ.get("DMTBENCH_RESULTS", "results"))
     label = args.label or run_label(sides, cases)
     first = results.default_path(root, args.machine or metadata.machine_name(), label)
-    paths = [first.with_name(f"{first.stem}-{i}.json") for i in range(1, args.repeat + 1)]
+    paths = repeat_paths(first, args.repeat)
     taken = [p for p in paths if p.exists()]
     if taken:
         raise UserError(f"{taken[0]} exists: results are never overwritten; wait a second or pick another --label")

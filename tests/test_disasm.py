@@ -257,9 +257,9 @@ def _chain_length(loop: list[Insn], arch: str) -> int | None:
 def _chase_loops(path: Path, arch: str, function: str | None = None) -> list[int | None]:
     """The chain length of every innermost loop that loads (of one function, or all)."""
     funcs = disassemble(path, arch)
-    bodies = [funcs[function]] if function else list(funcs.values())
-    return [_chain_length(loop, arch) for body in bodies for loop in innermost_loops(body, arch)
-            if any(a.load for _, a in accesses(loop, arch))]
+    if function:
+        funcs = {function: funcs[function]}
+    return [_chain_length(loop, arch) for _, loop in _loops_with(funcs, arch, lambda a: a.load)]
 
 
 @pytest.mark.parametrize("arch", ARCHES)
